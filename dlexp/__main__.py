@@ -1,0 +1,5 @@
+import sys
+
+from dlexp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training callbacks: early stopping, gradient clipping, freezing, run info in checkpoints."""

@@ -1,0 +1,119 @@
+"""Callbacks that shape training: early stopping every N epochs, gradient clipping, layer freezing, run info."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping as LightningEarlyStopping
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's early stopping, checked every `check_every_n_epochs` epochs with patience in epochs.
+
+    The notes evaluate every 5 epochs and give up after 50 epochs without progress: that is
+    check_every_n_epochs=5, patience=50 (10 checks).
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int = 10, min_delta: float = 0.0,
+                 check_every_n_epochs: int = 1) -> None:
+        if check_every_n_epochs < 1:
+            raise ValueError(f"check_every_n_epochs must be >= 1, got {check_every_n_epochs}")
+        checks = max(1, math.ceil(patience / check_every_n_epochs))
+        super().__init__(monitor=monitor, mode=mode, patience=checks, min_delta=min_delta,
+                         check_on_train_epoch_end=False)
+        self.check_every_n_epochs = check_every_n_epochs
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.check_every_n_epochs == 0:
+            super().on_validation_end(trainer, pl_module)
+
+
+class GradientClipping(pl.Callback):
+    """Clip gradients before each optimizer step, by global L2 norm or by value; logs train/grad_norm.
+
+    A callback rather than Trainer(gradient_clip_val=...) so that it also works for tasks that
+    step their optimizers by hand (GANs), where Lightning's own clipping is not allowed.
+    """
+
+    def __init__(self, algorithm: str = "norm", threshold: float = 1.0) -> None:
+        if algorithm not in ("norm", "value"):
+            raise ValueError(f"grad_clip.algorithm must be 'norm' or 'value', got '{algorithm}'")
+        if threshold <= 0:
+            raise ValueError(f"grad_clip.threshold must be positive, got {threshold}")
+        self.algorithm, self.threshold = algorithm, threshold
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        if self.algorithm == "norm":
+            norm = torch.nn.utils.clip_grad_norm_(params, self.threshold)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            torch.nn.utils.clip_grad_value_(params, self.threshold)
+        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+
+class Freeze(pl.Callback):
+    """Freeze parameters whose names match any regex; batch norm of frozen layers stays in eval mode.
+
+    With unfreeze_at_epoch=N the parameters train again from epoch N (0-based). All parameters are in
+    the optimizer from the start; frozen ones simply get no gradient.
+    """
+
+    def __init__(self, patterns: list[str], unfreeze_at_epoch: int | None = None) -> None:
+        self.patterns = [re.compile(p) for p in patterns]
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.frozen_names: list[str] = []
+        self._frozen_norms: list[nn.Module] = []
+
+    def matches(self, name: str) -> bool:
+        return any(p.search(name) for p in self.patterns)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.unfreeze_at_epoch is not None and trainer.current_epoch >= self.unfreeze_at_epoch:
+            return  # resumed after the unfreeze point
+        self.frozen_names = [n for n, p in pl_module.named_parameters() if self.matches(n)]
+        if not self.frozen_names:
+            raise ValueError(
+                f"freeze patterns {[p.pattern for p in self.patterns]} match no parameter; names look like "
+                + ", ".join(n for n, _ in list(pl_module.named_parameters())[:4])
+            )
+        self._set(pl_module, frozen=True)
+        log.info("froze %d parameter tensors: %s", len(self.frozen_names), ", ".join(self.frozen_names))
+
+    def _set(self, pl_module: pl.LightningModule, frozen: bool) -> None:
+        for name, p in pl_module.named_parameters():
+            if name in self.frozen_names:
+                p.requires_grad_(not frozen)
+        self._frozen_norms = [
+            m for m in pl_module.modules()
+            if frozen and isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(p.requires_grad is False for p in m.parameters(recurse=False))
+        ]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        for m in self._frozen_norms:  # Lightning puts the module in train mode every epoch
+            m.eval()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.unfreeze_at_epoch is not None and trainer.current_epoch == self.unfreeze_at_epoch and self.frozen_names:
+            self._set(pl_module, frozen=False)
+            log.info("epoch %d: unfroze %d parameter tensors", trainer.current_epoch, len(self.frozen_names))
+            self.frozen_names = []
+
+
+class RunInfo(pl.Callback):
+    """Stores the run's resolved config (plain containers) in every checkpoint, so a .ckpt is self-describing."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["dlexp_config"] = self.config

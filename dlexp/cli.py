@@ -1,0 +1,140 @@
+"""`dlexp SUBCOMMAND [overrides]`: argv -> subcommand. Help and `list` import nothing heavy (no torch, no Hydra)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """\
+usage: dlexp SUBCOMMAND [overrides...]
+
+Config-driven deep-learning experiments: Hydra config groups composed into a PyTorch Lightning run.
+
+subcommands:
+  train [-m] [overrides]   train, test and summarise one run (-m: a sweep over comma-separated values)
+  list [GROUP]             the choices of every config group (or of one) with a one-line description
+
+examples:
+  dlexp train                                       convnet on the offline digits dataset
+  dlexp train model=mlp model.activation=elu optimizer=nesterov scheduler=exponential
+  dlexp train dataset=fashion_mnist model=convnet trainer.max_epochs=2
+  dlexp train -m optimizer=sgd,momentum,adam regularizer=none,l2
+  dlexp list model
+
+Every run writes outputs/runs/<date>_<time>_<hex>/ with config.yaml, overrides.yaml, metrics.json,
+train.log, checkpoints/ and tb/ (tensorboard --logdir outputs). `dlexp train --help` for overrides.
+"""
+
+TRAIN_USAGE = """\
+usage: dlexp train [-m] [key=value | group=choice | +key=value | ~key ...]
+
+Hydra override grammar: group=choice picks a config file, key=value changes one value,
++key=value adds a key, a,b,c sweeps (with -m), [a,b] combines several files of one group
+(regularizer=[l2,dropout], callbacks=[default,early_stopping]).
+
+groups (default first; `dlexp list GROUP` describes each choice):
+{groups}
+
+common keys:
+  seed=42                     repeatable CPU runs (trainer.deterministic=true for bitwise)
+  dataset.batch_size=64       dataset.val_fraction=0.1  dataset.flip=true  dataset.translate=2
+  trainer.max_epochs=10       trainer=debug (a few batches, seconds)  trainer=gpu
+  optimizer.lr=0.001          optimizer.weight_decay=0
+  monitor=val/acc monitor_mode=max   the metric for best checkpoint and early stopping
+  model.init_from=RUN_DIR     load matching weights (model.init_include / model.init_exclude regexes)
+  paths.data_dir=DIR          where datasets are looked for (env DLEXP_DATA_DIR)
+
+Hydra's own flags work too: --cfg job prints the composed config, --info shows the search path.
+"""
+
+DEFAULTS = {"dataset": "digits", "model": "convnet", "optimizer": "adam", "scheduler": "none",
+            "regularizer": "none", "trainer": "cpu", "callbacks": "default", "logger": "tensorboard"}
+
+
+def describe(path: Path) -> str:
+    """The first comment line of a config file that is not a Hydra directive."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#") and not line.startswith("# @"):
+            return line.lstrip("# ").strip()
+        if line and not line.startswith("#"):
+            break
+    return ""
+
+
+def list_groups(group: str | None) -> int:
+    from dlexp.config import conf_dir, did_you_mean, groups
+
+    known = {g: c for g, c in groups().items() if g not in ("hydra", "paths")}
+    if group is not None and group not in known:
+        print(f"error: unknown group '{group}'{did_you_mean(group, list(known))}; groups: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    for name in [group] if group else known:
+        print(f"{name}:" + (f"  (default: {DEFAULTS[name]})" if name in DEFAULTS else ""))
+        choices = known[name]
+        width = max((len(c) for c in choices), default=0)
+        for choice in choices:
+            print(f"  {choice:<{width}}  {describe(conf_dir() / name / f'{choice}.yaml')}")
+        if not choices:
+            print("  (none yet)")
+    return 0
+
+
+def _gpu_present() -> bool:
+    """NVIDIA driver visible, checked without importing torch."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def train(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        from dlexp.config import groups
+
+        lines = [f"  {g:<12} {DEFAULTS.get(g, '-'):<12} {', '.join(c)}" for g, c in groups().items()
+                 if g not in ("hydra", "paths")]
+        print(TRAIN_USAGE.format(groups="\n".join(lines)))
+        return 0
+    overrides = [a for a in args if not a.startswith("-")]
+    flags = [a for a in args if a.startswith("-")]
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    from dlexp.config import ConfigError, check_overrides
+
+    try:
+        check_overrides(overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if _gpu_present() and not any(o.split("=")[0].lstrip("+~") == "trainer" for o in overrides):
+        overrides.append("trainer=gpu")  # cpu is the default only where no GPU is present
+    from dlexp import train as train_module
+
+    train_module.run(flags + overrides)
+    if multirun and train_module.last_sweep_dir:
+        print(f"multirun_dir: {train_module.last_sweep_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"dlexp {version('dlexp')}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train(rest)
+    if command == "list":
+        if len(rest) > 1:
+            print("error: dlexp list takes at most one GROUP", file=sys.stderr)
+            return 2
+        return list_groups(rest[0] if rest else None)
+    print(f"error: unknown subcommand '{command}'; use one of: train, list (dlexp --help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Finding, composing and checking configs, before anything heavy is imported or any directory made."""
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(Exception):
+    """A usage or config mistake: reported as one line, exit code 2, no run directory."""
+
+
+def conf_dir() -> Path:
+    """The config tree: the installed dlexp.conf package, else the source checkout's conf/."""
+    spec = importlib.util.find_spec("dlexp.conf")
+    if spec and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if (Path(location) / "train.yaml").is_file():
+                return Path(location)
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def groups() -> dict[str, list[str]]:
+    """Every config group (folder of conf/) and its choices, e.g. {'model': ['convnet', ...]}."""
+    root = conf_dir()
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def run_id() -> str:
+    """<YYYY-MM-DD_HH-MM-SS>_<6 hex>: one per process, so a run directory is never shared by two runs."""
+    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dlexp_run_id"):
+        OmegaConf.register_new_resolver("dlexp_run_id", run_id)
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose the config as `dlexp train` would, with Hydra's compose API."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(_first_line(str(e))) from None
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else message
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse unknown choices, unknown keys, values of the wrong type and missing required values.
+
+    Sweep overrides (a,b,c) are checked choice by choice.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse overrides: {_first_line(str(e))}") from None
+    known = groups()
+    first: list[str] = []               # every override at its first value
+    alternatives: list[tuple[int, str]] = []  # (position, override at another sweep value)
+    for i, o in enumerate(parsed):
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        if o.key_or_group in known:
+            for choice in (c for value in values for c in _choices(value)):
+                if choice not in known[o.key_or_group] and choice != "null":
+                    raise ConfigError(
+                        f"unknown {o.key_or_group} '{choice}'{did_you_mean(choice, known[o.key_or_group])}; "
+                        f"choose one of: {', '.join(known[o.key_or_group])}"
+                    )
+        lines = [o.get_key_element() if o.is_delete() and o.value() is None else f"{o.get_key_element()}={v}"
+                 for v in values]
+        first.append(lines[0])
+        alternatives += [(i, line) for line in lines[1:]]
+    for variant in [first] + [first[:i] + [line] + first[i + 1:] for i, line in alternatives]:
+        _check_one(variant, known)
+
+
+def _choices(value: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        return [v.strip() for v in value[1:-1].split(",") if v.strip()]
+    return [value]
+
+
+def _check_one(overrides: list[str], known: dict[str, list[str]]) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    group_overrides = [o.input_line for o in parsed if o.key_or_group in known or o.key_or_group.startswith("hydra")]
+    base = compose(group_overrides)
+    for o in parsed:
+        if o.key_or_group in known or o.key_or_group.startswith("hydra") or o.is_add() or o.is_force_add():
+            continue
+        key = o.key_or_group
+        if not _has_key(base, key):
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(base, parent) if parent else base
+            siblings = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            where = f"'{parent}'" if parent else "the config"
+            raise ConfigError(
+                f"unknown key '{key}'{did_you_mean(leaf, siblings)}: {where} has "
+                f"{', '.join(siblings) if siblings else 'no such keys'} (use +{key}=... to add a new key)"
+            )
+        if not o.is_delete():
+            _check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
+    cfg = compose(overrides)
+    missing = _missing(cfg)
+    if missing:
+        raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
+
+
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """Keys left at ??? (without resolving interpolations, which may need a running Hydra job)."""
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if OmegaConf.is_missing(node, key):
+                found.append(path)
+            elif not OmegaConf.is_interpolation(node, key):
+                found += _missing(node._get_node(key), path + ".")
+    return found
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node or isinstance(node, ListConfig) and leaf.isdigit()
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
+
+
+def _check_type(key: str, default: Any, value: Any) -> None:
+    """The new value must fit the type of the default (ints pass for floats; null passes for anything)."""
+    if default is None or value is None or isinstance(default, str):
+        return
+    if isinstance(default, (ListConfig, list)):
+        expected = list
+    elif isinstance(default, (DictConfig, dict)):
+        expected = dict
+    else:
+        expected = type(default)
+    ok = (
+        isinstance(value, bool) if expected is bool
+        else isinstance(value, int) and not isinstance(value, bool) if expected is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
+        else isinstance(value, expected)
+    )
+    if not ok:
+        raise ConfigError(f"{key} expects {TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Loss terms: regularization penalties (and, for generative tasks, their losses)."""

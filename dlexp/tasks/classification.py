@@ -1,0 +1,86 @@
+"""Image classification as a LightningModule: one shared step for train, val and test."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlexp.losses.regularizers import Regularization
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., dict]
+
+
+class ClassificationTask(pl.LightningModule):
+    """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.reg = regularization or Regularization()
+        self.val_acc_best = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float = 0.0):
+        """Loss, number correct and batch size for one batch."""
+        x, y = batch
+        logits = self.net(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        correct = (logits.argmax(dim=1) == y).sum()
+        return loss, correct, y.numel()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, correct, n = self.model_step(batch, self.reg.label_smoothing)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
+        if self.reg.has_penalty:
+            reg_loss = self.reg.penalty(self.net)
+            self.log("train/reg_loss", reg_loss, on_step=True, on_epoch=True, batch_size=n)
+            loss = loss + reg_loss
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.reg.apply_max_norm(self.net)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, correct, n = self.model_step(batch)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/acc", correct / n, on_epoch=True, prog_bar=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.trainer.callback_metrics.get("val/acc")
+        if acc is not None and not self.trainer.sanity_checking:
+            self.val_acc_best = max(self.val_acc_best, float(acc))
+        self.log("val/acc_best", self.val_acc_best)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, correct, n = self.model_step(batch)
+        self.log("test/loss", loss, on_epoch=True, batch_size=n)
+        self.log("test/acc", correct / n, on_epoch=True, batch_size=n)
+
+    def configure_optimizers(self):
+        # every parameter goes to the optimizer; frozen ones (requires_grad False) get no grad and no update
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total, per_epoch)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_acc_best"] = self.val_acc_best
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_acc_best = checkpoint.get("val_acc_best", 0.0)

@@ -1,0 +1,66 @@
+"""Transfer learning: load the matching weights of an earlier run into a new (possibly deeper) net."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferReport:
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)      # excluded by the patterns or absent from the new net
+    mismatched: list[str] = field(default_factory=list)   # same name, different shape
+
+
+def checkpoint_file(source: str | Path) -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.ckpt (else last.ckpt)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in run directory {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: no checkpoint file or run directory at {path}")
+    return path
+
+
+def net_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """The net's tensors from a dlexp checkpoint (keys 'net.*') or a plain state_dict file."""
+    ckpt = torch.load(checkpoint_file(source), map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt)
+    if any(k.startswith("net.") for k in state):
+        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def load_matching(net: nn.Module, source: str | Path, include: list[str] = (".*",),
+                  exclude: list[str] = ()) -> TransferReport:
+    """Copy tensors whose names match include (and no exclude) and whose shapes agree into `net`."""
+    report, own = TransferReport(), net.state_dict()
+    for name, tensor in net_state(source).items():
+        wanted = any(re.search(p, name) for p in include) and not any(re.search(p, name) for p in exclude)
+        if not wanted or name not in own:
+            report.skipped.append(name)
+        elif own[name].shape != tensor.shape:
+            report.mismatched.append(f"{name} {tuple(tensor.shape)}->{tuple(own[name].shape)}")
+        else:
+            own[name] = tensor
+            report.loaded.append(name)
+    if not report.loaded:
+        raise ValueError(f"model.init_from={source}: no tensor matched; skipped {report.skipped[:5]}, "
+                         f"mismatched {report.mismatched[:5]}")
+    net.load_state_dict(own)
+    log.info("init_from %s: loaded %d tensors (%s)", source, len(report.loaded), ", ".join(report.loaded))
+    if report.skipped:
+        log.info("  skipped %d: %s", len(report.skipped), ", ".join(report.skipped))
+    if report.mismatched:
+        log.warning("  shape mismatch, not loaded: %s", ", ".join(report.mismatched))
+    return report
