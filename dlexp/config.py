@@ -123,8 +123,9 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> None:
             node = OmegaConf.select(base, parent) if parent else base
             siblings = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
             where = f"'{parent}'" if parent else "the config"
+            full = [f"{parent}.{k}" if parent else k for k in siblings]
             raise ConfigError(
-                f"unknown key '{key}'{did_you_mean(leaf, siblings)}: {where} has "
+                f"unknown key '{key}'{did_you_mean(key, full)}: {where} has "
                 f"{', '.join(siblings) if siblings else 'no such keys'} (use +{key}=... to add a new key)"
             )
         if not o.is_delete():
@@ -151,7 +152,8 @@ def _missing(node: Any, prefix: str = "") -> list[str]:
 def _has_key(cfg: DictConfig, key: str) -> bool:
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node or isinstance(node, ListConfig) and leaf.isdigit()
+    # `in node` is False for a key left at ???, which may still be set: look at the keys themselves
+    return isinstance(node, DictConfig) and leaf in node.keys() or isinstance(node, ListConfig) and leaf.isdigit()
 
 
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}

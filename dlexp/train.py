@@ -48,7 +48,7 @@ def task(cfg: DictConfig) -> float | None:
         from dlexp.data.sources import DataNotFound
 
         _discard(run_dir)
-        message = str(e) if isinstance(e, (ConfigError, DataNotFound)) else _explain(e)
+        message = str(e) if isinstance(e, (ConfigError, DataNotFound)) else f"{type(e).__name__}: {e}"
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -87,45 +87,33 @@ def _discard(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _explain(e: Exception) -> str:
-    """One line for an error raised while building: the innermost cause, with the config key it came from."""
-    from hydra.errors import InstantiationException
-
-    if isinstance(e, InstantiationException):
-        cause = e.__cause__ or e
-        key = next((line.split(":", 1)[1].strip() for line in str(e).splitlines() if "full_key:" in line), "")
-        e, prefix = cause, f"{key}: " if key else ""
-    else:
-        prefix = ""
-    lines = str(e).strip().splitlines()
-    return f"{prefix}{type(e).__name__}: {lines[0] if lines else ''}"
-
-
 def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     """Instantiate data, net, task, callbacks, loggers and trainer; load the data (fails fast on missing files)."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     from dlexp.callbacks.training import RunInfo
     from dlexp.transfer import load_matching
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.dataset, seed=cfg.seed)
+    datamodule = _make("dataset", cfg.dataset, seed=cfg.seed)
     datamodule.load()
-    regularization = instantiate(cfg.regularizer)
+    regularization = _make("regularizer", cfg.regularizer)
     if regularization.dropout > 0 and "dropout" not in cfg.model:
         raise ConfigError(f"model '{model_name}' has no dropout; regularizer=dropout needs a model with a dropout option")
     net_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in INIT_KEYS}
-    net = instantiate(net_cfg)
+    net = _make("model", net_cfg)
     if cfg.model.get("init_from"):
         load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
     # _partial_: Hydra would turn objects passed as kwargs (the Regularization dataclass) into configs
-    task = instantiate(cfg.task, _partial_=True)(net=net, optimizer=instantiate(cfg.optimizer),
-                                                 scheduler=instantiate(cfg.scheduler), regularization=regularization)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    task = _make("task", cfg.task, _partial_=True)(
+        net=net, optimizer=_make("optimizer", cfg.optimizer), scheduler=_make("scheduler", cfg.scheduler),
+        regularization=regularization,
+    )
+    callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
     callbacks.append(RunInfo(OmegaConf.to_container(cfg, resolve=True)))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(
+    loggers = [_make(f"logger.{k}", c) for k, c in (cfg.get("logger") or {}).items()]
+    trainer = _make(
+        "trainer",
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
@@ -135,6 +123,18 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
         enable_model_summary=False,
     )
     return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
+
+
+def _make(key: str, node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a failure reported as one line naming the config key."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        lines = str(cause).strip().splitlines()
+        raise ConfigError(f"{key}: {type(cause).__name__}: {lines[0] if lines else ''}") from None
 
 
 def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[str, Any]:

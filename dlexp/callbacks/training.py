@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping as LightningEarlyStopping
+from pytorch_lightning.callbacks import EarlyStopping as LightningEarlyStopping, TQDMProgressBar
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -117,3 +118,20 @@ class RunInfo(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["dlexp_config"] = self.config
+
+
+class ProgressBar(TQDMProgressBar):
+    """tqdm bars on a terminal; elsewhere (CI, files, pipes) one log line per epoch instead of bar redraws."""
+
+    def __init__(self, refresh_rate: int = 20) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        if not sys.stderr.isatty():
+            self.disable()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self.is_enabled and trainer.is_global_zero:
+            shown = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
+                     if not k.endswith("_step") and k != "train/loss"}
+            log.info("epoch %d: %s", trainer.current_epoch,
+                     "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
