@@ -104,14 +104,17 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     net = _make("model", net_cfg)
     if cfg.model.get("init_from"):
         load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
+    optimizer, scheduler = _make("optimizer", cfg.optimizer), _make("scheduler", cfg.scheduler)
+    _dry_run(optimizer, scheduler)
     # _partial_: Hydra would turn objects passed as kwargs (the Regularization dataclass) into configs
     task = _make("task", cfg.task, _partial_=True)(
-        net=net, optimizer=_make("optimizer", cfg.optimizer), scheduler=_make("scheduler", cfg.scheduler),
-        regularization=regularization,
+        net=net, optimizer=optimizer, scheduler=scheduler, regularization=regularization
     )
     callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
     callbacks.append(RunInfo(OmegaConf.to_container(cfg, resolve=True)))
     loggers = [_make(f"logger.{k}", c) for k, c in (cfg.get("logger") or {}).items()]
+    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = _make(
         "trainer",
         cfg.trainer,
@@ -123,6 +126,21 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
         enable_model_summary=False,
     )
     return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
+
+
+def _dry_run(optimizer: Any, scheduler: Any) -> None:
+    """Build the optimizer and schedule on a dummy parameter, so bad values (lr < 0) fail before training."""
+    import torch
+
+    try:
+        opt = optimizer(params=[torch.zeros(1, requires_grad=True)])
+    except Exception as e:
+        raise ConfigError(f"optimizer: {type(e).__name__}: {e}") from None
+    try:
+        if scheduler is not None:
+            scheduler(opt, total_steps=100, steps_per_epoch=10)
+    except Exception as e:
+        raise ConfigError(f"scheduler: {type(e).__name__}: {e}") from None
 
 
 def _make(key: str, node: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,81 @@
+"""Shared fixtures: compose configs the way `dlexp train` does, shrunk to CPU and tiny data; run the real CLI."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import DictConfig
+
+from dlexp.config import compose
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist",
+)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose(overrides) with run_dir in tmp, trainer=debug, no loggers or callbacks unless asked."""
+
+    def _make(*overrides: str) -> DictConfig:
+        base = [f"run_dir={tmp_path / 'run'}", "trainer=debug", "logger=none", "callbacks=none"]
+        return compose(base + list(overrides))
+
+    return _make
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzipped if the name ends in .gz), as MNIST ships them."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """A data dir with small MNIST and Fashion-MNIST IDX files in torchvision's layout (<Name>/raw)."""
+    rng = np.random.default_rng(0)
+    for name, suffix in (("MNIST", ".gz"), ("FashionMNIST", "")):
+        raw = tmp_path / "data" / name / "raw"
+        for prefix, n in (("train", 200), ("t10k", 50)):
+            labels = rng.integers(0, 10, n).astype(np.uint8)
+            images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+            write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images)
+            write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return tmp_path / "data"
+
+
+def dlexp_bin() -> str:
+    """The installed console script (what a user runs)."""
+    found = shutil.which("dlexp") or str(Path(sys.executable).parent / "dlexp")
+    assert Path(found).exists(), "dlexp is not installed: pip install ."
+    return found
+
+
+@pytest.fixture
+def run_dlexp(tmp_path):
+    """Run the installed `dlexp` in tmp_path (outputs/ lands there); returns the CompletedProcess."""
+
+    def _run(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "DLEXP_DATA_DIR": str(tmp_path / "data"), **(env or {})}
+        return subprocess.run([dlexp_bin(), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=timeout, env=full_env)
+
+    return _run
+
+
+def run_dir_of(result: subprocess.CompletedProcess) -> Path:
+    """The run directory named on the last line of stdout (contract C1)."""
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("run_dir: "), f"last line is not run_dir: {last!r}\n{result.stderr[-2000:]}"
+    return Path(last.removeprefix("run_dir: "))
