@@ -90,6 +90,8 @@ class Freeze(pl.Callback):
         log.info("froze %d parameter tensors: %s", len(self.frozen_names), ", ".join(self.frozen_names))
 
     def _set(self, pl_module: pl.LightningModule, frozen: bool) -> None:
+        for m in self._frozen_norms:  # unfreezing: these batch norms train (and update their statistics) again
+            m.train(pl_module.training)
         for name, p in pl_module.named_parameters():
             if name in self.frozen_names:
                 p.requires_grad_(not frozen)
@@ -100,7 +102,7 @@ class Freeze(pl.Callback):
         ]
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        for m in self._frozen_norms:  # Lightning puts the module in train mode every epoch
+        for m in self._frozen_norms:  # keep them in eval mode whatever mode changes happened around validation
             m.eval()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

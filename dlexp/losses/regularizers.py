@@ -42,9 +42,8 @@ class Regularization:
 
     def penalty(self, module: nn.Module) -> torch.Tensor:
         """l1 * sum|w| + l2 * sum w^2 over the module's weights."""
-        weights = penalized(module)
-        total = weights[0].new_zeros(())
-        for w in weights:
+        total = torch.zeros((), device=next(module.parameters()).device)
+        for w in penalized(module):  # may be none: e.g. only biases are trained
             if self.l1 > 0:
                 total = total + self.l1 * w.abs().sum()
             if self.l2 > 0:

@@ -24,9 +24,12 @@ def make_activation(name: str) -> nn.Module:
 
 
 def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
-    """Number of features `features` produces for one image, found by a dry run."""
+    """Number of features `features` produces for one image, found by a dry run (eval mode: BN on 1 sample)."""
+    training = features.training
     with torch.no_grad():
-        return features(torch.zeros(1, in_channels, image_size, image_size)).numel()
+        n = features.eval()(torch.zeros(1, in_channels, image_size, image_size)).numel()
+    features.train(training)
+    return n
 
 
 def _head(in_features: int, hidden: list[int], num_classes: int, dropout: float) -> nn.Sequential:
