@@ -1,0 +1,136 @@
+"""Tensor-resident image data: one uint8 tensor per split, batched by index on the device.
+
+torchvision's per-sample PIL path costs far more than the step of a small net; here a batch is an
+index slice of a tensor that already lives on the training device, converted, augmented and
+normalised there as a whole batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+
+from dlexp.data.augment import random_flip, random_translate
+from dlexp.data.sources import ImageData
+
+
+class TensorBatches:
+    """Iterable of (uint8 images, labels) index batches over tensors; reshuffled each epoch from seed + epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 epoch_fn: Callable[[], int] = lambda: 0) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.seed, self.epoch_fn = seed, epoch_fn
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.shuffle:  # same order for the same seed and epoch, whatever ran before
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch_fn()))
+            order = order.to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start: start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Loads a source once, splits off a seeded validation set and serves device-resident batches."""
+
+    def __init__(
+        self,
+        source: Callable[[], ImageData],
+        name: str,
+        channels: int,
+        image_size: int,
+        num_classes: int,
+        mean: list[float],
+        std: list[float],
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        flip: bool = False,
+        translate: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"dataset.batch_size must be positive, got {batch_size}")
+        self.source, self.name = source, name
+        self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
+        self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
+        self.flip, self.translate, self.seed = flip, translate, seed
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> None:
+        """Read the source and split train/val; idempotent, so train.py can call it early to fail fast."""
+        if self.splits:
+            return
+        data = self.source()
+        shape = tuple(data.train_x.shape[1:])
+        if shape != (self.channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"dataset '{self.name}' holds images of shape {shape} but its config declares "
+                f"channels={self.channels}, image_size={self.image_size}"
+            )
+        top = int(max(data.train_y.max(), data.test_y.max()))
+        if top >= self.num_classes:
+            raise ValueError(f"dataset '{self.name}' has label {top} but num_classes={self.num_classes}")
+        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = int(len(perm) * self.val_fraction)
+        val, train = perm[:n_val], perm[n_val:]
+        self.splits = {
+            "train": (data.train_x[train], data.train_y[train]),
+            "val": (data.train_x[val], data.train_y[val]),
+            "test": (data.test_x, data.test_y),
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(y) for k, (_, y) in self.splits.items()}
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _batches(self, split: str, shuffle: bool) -> TensorBatches:
+        x, y = self.splits[split]
+        device = self._device()
+        if x.device != device:  # move each split to the device once; batches are slices of it
+            x, y = x.to(device), y.to(device)
+            self.splits[split] = (x, y)
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
+        return TensorBatches(x, y, self.batch_size, shuffle, self.seed, epoch)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val" if self.sizes()["val"] else "test", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        x, y = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(x, training), y
+
+    def transform(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float, with the whole-batch augmentations when training."""
+        x = x.float().div_(255.0)
+        if training and self.flip:
+            x = random_flip(x)
+        if training and self.translate:
+            x = random_translate(x, self.translate)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
