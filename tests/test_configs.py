@@ -1,0 +1,371 @@
+"""Every YAML in conf/{model,dataset,optimizer,scheduler,regularizer} composes, builds as train.py does and trains.
+
+Files are discovered at collection time, so a new config file is covered without touching this module.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+
+from dlexp.config import ConfigError
+from dlexp.train import build
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation, as train.py does
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def names(group: str) -> list[str]:
+    """The choices of a config group: the stems of conf/<group>/*.yaml."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets on tiny batches: one intra-op thread is faster than waking a pool (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# a small, fast dataset for every test whose subject is not the dataset
+FAST = ["dataset=fake", "dataset.source.n_train=64", "dataset.source.n_test=16", "dataset.batch_size=8"]
+
+
+class Recorder(pl.Callback):
+    """Records, for every training batch, the step, the lr in use and the batch as the model sees it."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.lrs: list[float] = []
+        self.epochs: list[int] = []
+        self.batches: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps.append(trainer.global_step)
+        self.epochs.append(trainer.current_epoch)
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.batches.append((batch[0].dtype, tuple(batch[0].shape)))
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    """Names of parameters equal to their snapshot."""
+    return [n for n, p in module.named_parameters() if torch.equal(p.detach(), before[n])]
+
+
+def fit(parts: dict) -> Recorder:
+    """trainer.fit with a Recorder attached; returns it."""
+    recorder = Recorder()
+    parts["trainer"].callbacks.append(recorder)
+    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    return recorder
+
+
+def finite_metric(trainer: pl.Trainer, key: str) -> float:
+    assert key in trainer.callback_metrics, f"{key} not logged: {sorted(trainer.callback_metrics)}"
+    value = float(trainer.callback_metrics[key])
+    assert math.isfinite(value), f"{key} = {value}"
+    return value
+
+
+# ---------------------------------------------------------------- models
+
+SHAPES = {
+    "1x28x28": [],
+    "3x32x32": ["dataset.channels=3", "dataset.image_size=32", "dataset.num_classes=5"],
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("model", names("model"))
+def test_model_config_trains_one_step(make_cfg, model, shape):
+    """Each model builds for 1x28x28 and 3x32x32 data with untouched BatchNorm statistics, gives (B, classes)
+    logits and a finite loss, and every parameter moves in one optimizer step."""
+    cfg = make_cfg(f"model={model}", *FAST, *SHAPES[shape])
+    parts = build(cfg, model)
+    dm, task = parts["datamodule"], parts["task"]
+    assert type(task.net).__name__ == cfg.model._target_.rsplit(".", 1)[1]
+    x, y = next(iter(dm.train_dataloader()))
+    x = dm.transform(x, training=True)
+    assert x.shape == (8, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    for bn in (m for m in task.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        # building (e.g. a dry run to size the head) must not have touched the running statistics
+        assert int(bn.num_batches_tracked) == 0
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    optimizer = task.optimizer_factory(params=task.parameters())
+    before = snapshot(task.net)
+    task.train()
+    logits = task(x)
+    assert logits.shape == (8, cfg.dataset.num_classes)
+    loss, correct, n = task.model_step((x, y))
+    assert torch.isfinite(loss) and n == 8 and 0 <= int(correct) <= 8
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert not unchanged(task.net, before), "parameters that got no update (unused by forward?)"
+    task.eval()
+    assert torch.isfinite(task(x)).all()
+
+
+# ---------------------------------------------------------------- datasets
+
+def write_cifar(data_dir: Path, n: int = 8, n_test: int = 8) -> None:
+    """cifar-10-batches-py: data_batch_1..5 and test_batch, b'data' (N, 3072) uint8 and b'labels'."""
+    rng = np.random.default_rng(0)
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        size = n_test if name == "test_batch" else n
+        batch = {b"data": rng.integers(0, 256, (size, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, size).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+
+
+def dataset_overrides(name: str, tmp_path: Path, idx_dir: Path) -> list[str]:
+    """Files and overrides a dataset needs to load offline from tmp_path."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    if name in ("mnist", "fashion_mnist"):
+        return [f"paths.data_dir={idx_dir}", "dataset.source.download=false"]
+    if name == "cifar10":
+        write_cifar(data)
+        return [f"paths.data_dir={data}", "dataset.source.download=false"]
+    if name == "image_folder":
+        write_image_folder(tmp_path / "images")
+        return [f"paths.data_dir={data}", f"dataset.source.root={tmp_path / 'images'}", "dataset.num_classes=3",
+                "dataset.image_size=16"]
+    if name == "fake":
+        return FAST[1:] + [f"paths.data_dir={data}"]
+    return [f"paths.data_dir={data}"]  # digits and anything new that needs no files
+
+
+@pytest.mark.parametrize("dataset", names("dataset"))
+def test_dataset_config_fits(make_cfg, tmp_path, idx_dir, dataset):
+    """Each dataset loads offline with the declared shape, feeds normalised float batches and trains one
+    debug epoch with finite losses; the test split evaluates too."""
+    cfg = make_cfg(f"dataset={dataset}", "model=softmax", "dataset.batch_size=8",
+                   *dataset_overrides(dataset, tmp_path, idx_dir))
+    parts = build(cfg, "softmax")
+    dm, task, trainer = parts["datamodule"], parts["task"], parts["trainer"]
+    c, s = cfg.dataset.channels, cfg.dataset.image_size
+    assert dm.splits["train"][0].shape[1:] == (c, s, s) and dm.splits["train"][0].dtype == torch.uint8
+    sizes = dm.sizes()
+    assert sizes["train"] > 0 and sizes["test"] > 0
+    assert sizes["val"] == int((sizes["train"] + sizes["val"]) * cfg.dataset.val_fraction)
+    before = snapshot(task.net)
+    recorder = fit(parts)
+    assert recorder.batches[0] == (torch.float32, (8, c, s, s))
+    assert trainer.global_step == 3
+    finite_metric(trainer, "train/loss")
+    finite_metric(trainer, "val/loss")
+    assert not unchanged(task.net, before)
+    test = trainer.test(task, datamodule=dm, verbose=False)[0]
+    assert math.isfinite(test["test/loss"]) and 0 <= test["test/acc"] <= 1
+
+
+def test_image_folder_without_root_is_refused(make_cfg):
+    """dataset=image_folder leaves root and num_classes at ???: instantiating says which key is missing."""
+    cfg = make_cfg("dataset=image_folder")
+    with pytest.raises(ConfigError, match=r"dataset\.source\.root"):
+        build(cfg, "convnet")
+
+
+# ---------------------------------------------------------------- optimizers
+
+@pytest.mark.parametrize("optimizer", names("optimizer"))
+def test_optimizer_config_descends(make_cfg, optimizer):
+    """Each optimizer is the class its file names with its file's hyperparameters, and ten steps on one batch
+    lower a finite loss and move the weights."""
+    cfg = make_cfg(f"optimizer={optimizer}", "model=softmax", *FAST)
+    parts = build(cfg, "softmax")
+    dm, task = parts["datamodule"], parts["task"]
+    opt = task.optimizer_factory(params=task.parameters())
+    assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
+    group = opt.param_groups[0]
+    for key, value in OmegaConf.to_container(cfg.optimizer, resolve=True).items():
+        if not key.startswith("_"):
+            assert group[key] == (tuple(value) if isinstance(value, list) else value), key
+    x, y = next(iter(dm.train_dataloader()))
+    x = dm.transform(x, training=True)
+    before = snapshot(task.net)
+    losses = []
+    for _ in range(10):
+        loss, _, _ = task.model_step((x, y))
+        assert torch.isfinite(loss)
+        losses.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+    assert not unchanged(task.net, before)
+
+
+# ---------------------------------------------------------------- schedulers
+
+SCHEDULE_RUN = ["model=softmax", *FAST, "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+                "trainer.limit_val_batches=1"]
+TOTAL, PER_EPOCH = 8, 4  # optimizer steps in SCHEDULE_RUN, and per epoch
+
+
+def onecycle_reference(lr: float, max_lr: float, pct_start: float, total: int) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct_start)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+# per scheduler: overrides making the schedule visible in a few steps, and lr expected at step s
+SCHEDULES = {
+    "none": ([], lambda lr, s, c: lr),
+    "exponential": (["scheduler.decay_rate=0.5", "scheduler.decay_steps=3"],
+                    lambda lr, s, c: lr * c.decay_rate ** (s / c.decay_steps)),
+    "step": (["scheduler.step_size=1", "scheduler.gamma=0.5"],
+             lambda lr, s, c: lr * c.gamma ** (s // (c.step_size * PER_EPOCH))),
+    "cosine": (["scheduler.min_factor=0.1"],
+               lambda lr, s, c: lr * (c.min_factor + (1 - c.min_factor) * 0.5 * (1 + math.cos(math.pi * s / TOTAL)))),
+    "onecycle": ([], lambda lr, s, c: onecycle_reference(lr, c.max_lr, c.pct_start, TOTAL)[s]),
+    # val/acc_best never decreases, so in mode=min it never improves: with patience 0 the lr halves after
+    # every epoch but the first (the first sets the best)
+    "plateau": (["trainer.max_epochs=3", "scheduler.monitor=val/acc_best", "scheduler.mode=min",
+                 "scheduler.patience=0", "scheduler.factor=0.5"],
+                lambda lr, s, c: lr * c.factor ** max(0, s // PER_EPOCH - 1)),
+}
+
+
+@pytest.mark.parametrize("scheduler", names("scheduler"))
+def test_scheduler_config_follows_schedule(make_cfg, scheduler):
+    """Under trainer.fit the lr at every optimizer step is the schedule's formula (new files without a
+    formula here must at least train with a positive, finite lr)."""
+    extra, formula = SCHEDULES.get(scheduler, ([], None))
+    cfg = make_cfg(f"scheduler={scheduler}", *SCHEDULE_RUN, *extra)
+    parts = build(cfg, "softmax")
+    recorder = fit(parts)
+    finite_metric(parts["trainer"], "train/loss")
+    lr0 = cfg.optimizer.lr
+    assert recorder.steps == list(range(len(recorder.steps))) and len(recorder.steps) >= TOTAL
+    assert all(0 < lr < math.inf for lr in recorder.lrs)
+    if formula is None:
+        return
+    expected = [formula(lr0, s, cfg.scheduler) for s in recorder.steps]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    if scheduler != "none":
+        assert len(set(np.round(recorder.lrs, 12))) > 1  # the schedule did change the lr
+    if scheduler == "onecycle":
+        assert max(recorder.lrs) == pytest.approx(cfg.scheduler.max_lr) and cfg.scheduler.max_lr == lr0
+
+
+WARMUP = [n for n in names("scheduler") if "warmup_steps" in OmegaConf.load(CONF / "scheduler" / f"{n}.yaml")]
+
+
+@pytest.mark.parametrize("scheduler", WARMUP)
+def test_scheduler_warmup_is_linear(make_cfg, scheduler):
+    """warmup_steps=W multiplies the schedule by min(1, (s + 1) / W)."""
+    extra, formula = SCHEDULES.get(scheduler, ([], lambda lr, s, c: lr))
+    cfg = make_cfg(f"scheduler={scheduler}", *SCHEDULE_RUN, *extra, "scheduler.warmup_steps=4")
+    parts = build(cfg, "softmax")
+    recorder = fit(parts)
+    lr0 = cfg.optimizer.lr
+    expected = [min(1.0, (s + 1) / 4) * formula(lr0, s, cfg.scheduler) for s in recorder.steps]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-6)
+    assert recorder.lrs[0] == pytest.approx(expected[0]) and recorder.lrs[0] < recorder.lrs[3]
+
+
+def test_plateau_defaults_reduce_after_patience(make_cfg):
+    """plateau as shipped: monitors val/loss (which the task logs: a fit does not fail), and multiplies the lr by
+    factor once val/loss has not improved for more than patience epochs."""
+    cfg = make_cfg("scheduler=plateau", *SCHEDULE_RUN, "trainer.max_epochs=1")
+    parts = build(cfg, "softmax")
+    fit(parts)
+    finite_metric(parts["trainer"], cfg.scheduler.monitor)
+    assert cfg.scheduler.monitor == "val/loss" and cfg.scheduler.mode == "min"
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    spec = parts["task"].scheduler_factory(opt, TOTAL, PER_EPOCH)
+    assert spec["interval"] == "epoch" and spec["monitor"] == "val/loss"
+    lrs = []
+    for _ in range(cfg.scheduler.patience + 2):
+        spec["scheduler"].step(1.0)  # val/loss stuck at 1.0
+        lrs.append(opt.param_groups[0]["lr"])
+    lr0, patience = cfg.optimizer.lr, cfg.scheduler.patience
+    assert lrs[:patience + 1] == [lr0] * (patience + 1)
+    assert lrs[patience + 1] == pytest.approx(lr0 * cfg.scheduler.factor)
+
+
+# ---------------------------------------------------------------- regularizers
+
+REG_MODEL = ["model=mlp", "model.hidden=[32,16]"]
+
+
+@pytest.mark.parametrize("regularizer", names("regularizer"))
+def test_regularizer_config_trains(make_cfg, regularizer):
+    """Each regularizer reaches the task as configured: the training loss is cross-entropy (with its label
+    smoothing) plus l1*sum|w| + l2*sum w^2 over weights, dropout sits in the model, max-norm holds after
+    training, and a debug fit gives finite losses."""
+    cfg = make_cfg(f"regularizer={regularizer}", *REG_MODEL, *FAST)
+    parts = build(cfg, "mlp")
+    dm, task, trainer = parts["datamodule"], parts["task"], parts["trainer"]
+    reg = task.reg
+    for key in ("l1", "l2", "max_norm", "dropout", "label_smoothing"):
+        assert getattr(reg, key) == cfg.regularizer[key], key
+    rates = [m.p for m in task.net.modules() if isinstance(m, nn.Dropout)]
+    assert rates == ([reg.dropout] * 2 if reg.dropout > 0 else [])
+
+    # the loss training_step returns (no trainer attached: its self.log calls are no-ops)
+    x, y = next(iter(dm.train_dataloader()))
+    x = dm.transform(x, training=True)
+    task.eval()  # dropout off, so the reference below sees the same logits
+    loss = task.training_step((x, y), 0)
+    weights = [p for p in task.net.parameters() if p.ndim >= 2]
+    assert len(weights) == 3
+    expected = F.cross_entropy(task.net(x), y, label_smoothing=reg.label_smoothing)
+    expected = expected + sum(reg.l1 * w.abs().sum() + reg.l2 * w.pow(2).sum() for w in weights)
+    torch.testing.assert_close(loss, expected)
+    task.train()
+
+    norms_before = max(float(w.norm(dim=1).max()) for w in weights)
+    before = snapshot(task.net)
+    fit(parts)
+    finite_metric(trainer, "train/loss")
+    assert not unchanged(task.net, before)
+    if reg.has_penalty:
+        assert finite_metric(trainer, "train/reg_loss") > 0
+    else:
+        assert "train/reg_loss" not in trainer.callback_metrics
+    if reg.max_norm is not None:
+        assert norms_before > reg.max_norm  # He init exceeds it: the constraint had work to do
+        for w in (p for p in task.net.parameters() if p.ndim >= 2):
+            assert float(w.norm(dim=1).max()) <= reg.max_norm * (1 + 1e-5)
+
+
+def test_dropout_regularizer_needs_a_model_with_dropout(make_cfg):
+    """regularizer=dropout on a model without a dropout option is refused before training."""
+    cfg = make_cfg("regularizer=dropout", "model=resnet", *FAST)
+    with pytest.raises(ConfigError, match="resnet"):
+        build(cfg, "resnet")
