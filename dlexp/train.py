@@ -1,6 +1,7 @@
 """`dlexp train`: compose -> instantiate -> fit -> test -> summary. The only module besides cli.py that sees a DictConfig."""
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import sys
@@ -90,6 +91,7 @@ def _discard(run_dir: Path) -> None:
 def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     """Instantiate data, net, task, callbacks, loggers and trainer; load the data (fails fast on missing files)."""
     import pytorch_lightning as pl
+    import torch
 
     from dlexp.callbacks.training import RunInfo
     from dlexp.transfer import load_matching
@@ -107,10 +109,22 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     optimizer, scheduler = _make("optimizer", cfg.optimizer), _make("scheduler", cfg.scheduler)
     _dry_run(optimizer, scheduler)
     # _partial_: Hydra would turn objects passed as kwargs (the Regularization dataclass) into configs
-    task = _make("task", cfg.task, _partial_=True)(
-        net=net, optimizer=optimizer, scheduler=scheduler, regularization=regularization
-    )
-    callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items()]
+    make_task = _make("task", cfg.task, _partial_=True)
+    extra = {}
+    if cfg.get("gan_loss") is not None:
+        if "loss" not in inspect.signature(make_task).parameters:
+            raise ConfigError(f"gan_loss needs a GAN model (a generator and a discriminator); model '{model_name}' "
+                              "has none")
+        extra["loss"] = _make("gan_loss", cfg.gan_loss)
+    try:
+        task = make_task(net=net, optimizer=optimizer, scheduler=scheduler, regularization=regularization, **extra)
+        with torch.no_grad():  # one small batch through the nets: shapes that do not fit fail here, not mid-run
+            x, y = datamodule.example_batch(4)
+            task.eval().check_batch(x, y)
+            task.train()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{model_name}: {e}") from None
+    callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     callbacks.append(RunInfo(OmegaConf.to_container(cfg, resolve=True)))
     loggers = [_make(f"logger.{k}", c) for k, c in (cfg.get("logger") or {}).items()]
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
@@ -162,17 +176,20 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[s
     n_trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
     log.info("model %s: %s parameters (%s trainable); dataset %s: %s", parts["model_name"], f"{n_params:,}",
              f"{n_trainable:,}", datamodule.name, ", ".join(f"{k} {v}" for k, v in datamodule.sizes().items()))
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
     trainer.fit(task, datamodule=datamodule)
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # epoch means under their plain names (train/loss_epoch -> train/loss); per-step values dropped
+    metrics: dict[str, Any] = {
+        k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
+        if k.startswith(("train/", "val/")) and not k.endswith("_step")
+    }
     ckpt = trainer.checkpoint_callback
-    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
-    metrics: dict[str, Any] = {k: v for k, v in fit_metrics.items() if k.startswith(("train/", "val/"))}
-    if "train/loss_epoch" in metrics:
-        metrics["train/loss"] = metrics.pop("train/loss_epoch")
-    metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
-    metrics.update({k: float(v) for k, v in test_metrics.items()})
-    if ckpt is not None and ckpt.best_model_score is not None:
+    best_path = ckpt.best_model_path if cfg.monitor and ckpt is not None and ckpt.best_model_path else None
+    if is_overridden("test_step", task):  # GANs have no test metric of their own (see dlexp eval)
+        test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+        metrics.update({k: float(v) for k, v in test_metrics.items()})
+    if best_path and ckpt.best_model_score is not None:
         metrics[f"{cfg.monitor}_best"] = float(ckpt.best_model_score)
     metrics.update(params=n_params, epochs=trainer.current_epoch, global_step=trainer.global_step,
                    wall_s=round(time.time() - start, 2), status="completed")
@@ -209,7 +226,8 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def _summary(cfg: DictConfig, parts: dict[str, Any], metrics: dict[str, Any], best_path: str | None) -> None:
     monitor_best = metrics.get(f"{cfg.monitor}_best")
-    tests = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/"))
+    stage = "test/" if any(k.startswith("test/") for k in metrics) else "train/"  # GANs: last epoch's losses
+    tests = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(stage))
     log.info("== summary ==")
     log.info("model %s on %s: %d epochs, %d steps, %.1f s", parts["model_name"], parts["datamodule"].name,
              metrics["epochs"], metrics["global_step"], metrics["wall_s"])

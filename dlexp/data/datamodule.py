@@ -100,6 +100,11 @@ class ImageDataModule(pl.LightningDataModule):
     def sizes(self) -> dict[str, int]:
         return {k: len(y) for k, (_, y) in self.splits.items()}
 
+    def example_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n training samples, transformed as the model will see them (for shape checks)."""
+        x, y = self.splits["train"]
+        return self.transform(x[:n].cpu(), training=False), y[:n].cpu()
+
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
@@ -128,7 +133,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def transform(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, with the whole-batch augmentations when training."""
-        x = x.float().div_(255.0)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # float sources (points) as they are
         if training and self.flip:
             x = random_flip(x)
         if training and self.translate:

@@ -14,6 +14,15 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., dict]
 
 
+def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, scheduler: SchedulerFactory | None):
+    """Lightning's optimizer config: the optimizer, with its schedule built for this run's length if any."""
+    if scheduler is None:
+        return optimizer
+    total = int(module.trainer.estimated_stepping_batches)
+    per_epoch = max(1, total // max(1, module.trainer.max_epochs or 1))
+    return {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer, total, per_epoch)}
+
+
 class ClassificationTask(pl.LightningModule):
     """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
 
@@ -72,12 +81,14 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         # every parameter goes to the optimizer; frozen ones (requires_grad False) get no grad and no update
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total, per_epoch)}
+        return configure(self, self.optimizer_factory(params=self.parameters()), self.scheduler_factory)
+
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fail before training when the net's output does not fit the data."""
+        logits = self.net(x)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0] or logits.shape[1] <= int(y.max()):
+            raise ValueError(f"the model outputs {tuple(logits.shape)} for a batch of {x.shape[0]} with labels "
+                             f"up to {int(y.max())}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best

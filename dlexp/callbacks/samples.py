@@ -1,0 +1,73 @@
+"""Image grids of a generative run: PNGs in samples/ and images in TensorBoard, every N epochs and at the end."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from dlexp.io import atomic_write_bytes
+
+
+def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Undo the dataset's normalisation (tanh range [-1, 1] with mean 0.5, std 0.5) into [0, 1] pixels."""
+    return (images.float().cpu() * std.cpu() + mean.cpu()).clamp(0, 1)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int) -> torch.Tensor:
+    """Write [0, 1] images (B, C, H, W) as one PNG grid, atomically; returns the grid (C, H', W')."""
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    buffer = io.BytesIO()
+    save_image(grid, buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return grid
+
+
+class SampleImages(pl.Callback):
+    """Asks the task for its grids (task.sample_images) and writes samples/<prefix>epoch_0005.png.
+
+    GANs draw from fixed noise; autoencoders reconstruct the first n validation images (input above
+    reconstruction) and VAEs also decode fixed prior draws (prior_epoch_*.png).
+    """
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 5, n: int = 64, nrow: int = 8) -> None:
+        if every_n_epochs < 1 or n < 1:
+            raise ValueError("samples: every_n_epochs and n must be >= 1")
+        self.dirpath, self.every_n_epochs, self.n, self.nrow = Path(dirpath), every_n_epochs, n, nrow
+        self.last_written = -1
+
+    def _reference(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        dm = trainer.datamodule
+        if dm is None:
+            return None
+        split = "val" if dm.sizes().get("val") else "test"
+        x = dm.splits[split][0][: self.n].to(pl_module.device)
+        return dm.transform(x, training=False)
+
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Write the task's grids numbered by `epoch` (epochs completed)."""
+        if epoch == self.last_written or not trainer.is_global_zero:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        grids = pl_module.sample_images(self._reference(trainer, pl_module))
+        pl_module.train(was_training)
+        dm = trainer.datamodule
+        for prefix, images in grids.items():
+            path = self.dirpath / f"{prefix}epoch_{epoch:04d}.png"
+            grid = save_grid(denormalize(images, dm.mean, dm.std), path, self.nrow)
+            for logger in trainer.loggers:
+                if isinstance(logger, pl.loggers.TensorBoardLogger):
+                    logger.experiment.add_image(f"samples/{prefix.rstrip('_') or 'grid'}", grid, trainer.global_step)
+        self.last_written = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1  # the counter advances only after this hook
+        if epoch % self.every_n_epochs == 0:
+            self.write(trainer, pl_module, epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer, pl_module, trainer.current_epoch)  # epochs completed; no-op if just written

@@ -1,0 +1,169 @@
+"""GANs as a LightningModule with manual optimization: n_critic D steps per G step, two optimizers."""
+from __future__ import annotations
+
+import copy
+
+import pytorch_lightning as pl
+import torch
+
+from dlexp.losses.gan import GANLoss, gradient_penalty
+from dlexp.losses.regularizers import Regularization
+from dlexp.nets.gans import GAN
+from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory
+
+
+class AdversarialTask(pl.LightningModule):
+    """Every batch trains D (the critic) once; every n_critic-th batch also trains G.
+
+    Logs train/d_loss, train/g_loss, train/d_real and train/d_fake (D's mean probability for BCE losses,
+    mean score otherwise), train/wasserstein (E[D(x)] - E[D(G(z))]) for critics and train/gp.
+    Gradient clipping comes from the grad_clip callback, which applies to each network's step.
+    """
+
+    def __init__(
+        self,
+        net: GAN,
+        optimizer: OptimizerFactory,
+        loss: GANLoss,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        n_critic: int = 1,
+        g_lr: float | None = None,
+        d_lr: float | None = None,
+        ema_decay: float | None = None,
+        label_smoothing: float = 0.0,
+        instance_noise: float = 0.0,
+        n_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, GAN):
+            raise ValueError("the adversarial task needs a model with a generator and a discriminator")
+        if n_critic < 1:
+            raise ValueError(f"task.n_critic must be >= 1 (discriminator steps per generator step), got {n_critic}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"task.ema_decay must be in (0, 1), got {ema_decay}")
+        if label_smoothing and not loss.uses_real_label:
+            raise ValueError(f"task.label_smoothing needs a BCE or least-squares gan_loss, not {type(loss).__name__}")
+        if not 0 <= label_smoothing < 0.5 or instance_noise < 0:
+            raise ValueError("task.label_smoothing must be in [0, 0.5) and task.instance_noise >= 0")
+        reg = regularization or Regularization()
+        if reg.has_penalty or reg.max_norm or reg.label_smoothing:
+            raise ValueError("regularizer=... applies to classifiers and autoencoders; GANs have task.label_smoothing, "
+                             "task.instance_noise and spectral_norm in the discriminator")
+        self.automatic_optimization = False
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.n_critic, self.g_lr, self.d_lr = n_critic, g_lr, d_lr
+        self.ema_decay, self.real_label, self.instance_noise = ema_decay, 1.0 - label_smoothing, instance_noise
+        self.generator_ema = copy.deepcopy(net.generator).requires_grad_(False) if ema_decay else None
+        # the sample grid's noise (and labels, class by class): fixed by the run's seed, kept in the checkpoint
+        g = torch.Generator().manual_seed(torch.initial_seed())
+        self.register_buffer("fixed_noise", torch.randn(n_samples, net.latent_dim, generator=g))
+        self.register_buffer("fixed_labels", torch.arange(n_samples) % max(1, net.num_classes))
+
+    def _labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        return y if self.net.num_classes else None
+
+    def _noisy(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Instance noise: N(0, sigma^2) on D's inputs, sigma annealed linearly to 0 over the run."""
+        if not self.instance_noise:
+            return x
+        trainer = self.trainer
+        progress = (trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)) / max(1, trainer.max_epochs)
+        return x + self.instance_noise * max(0.0, 1.0 - progress) * torch.randn_like(x)
+
+    def _report(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.mean() if self.loss.wasserstein or not self.loss.uses_real_label else torch.sigmoid(scores).mean()
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        labels = self._labels(y)
+        opt_g, opt_d = self.optimizers()
+        G, D = self.net.generator, self.net.discriminator
+
+        # discriminator / critic step
+        z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
+        with torch.no_grad():
+            fake = G(z, labels)
+        real_in, fake_in = self._noisy(x, batch_idx), self._noisy(fake, batch_idx)
+        self.toggle_optimizer(opt_d)
+        d_real, d_fake = D(real_in, labels), D(fake_in, labels)
+        d_loss = self.loss.d_loss(d_real, d_fake, self.real_label)
+        if self.loss.gp_weight:
+            gp = gradient_penalty(D, real_in, fake_in, labels)
+            self.log("train/gp", gp, on_step=True, on_epoch=True)
+            d_loss = d_loss + self.loss.gp_weight * gp
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        if self.loss.clip_value:  # WGAN: keep the critic K-Lipschitz by clamping its weights
+            with torch.no_grad():
+                for p in D.parameters():
+                    p.clamp_(-self.loss.clip_value, self.loss.clip_value)
+        self.log_dict({"train/d_loss": d_loss, "train/d_real": self._report(d_real),
+                       "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True)
+        if self.loss.wasserstein:
+            self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True)
+
+        # generator step, once every n_critic batches
+        if (batch_idx + 1) % self.n_critic == 0:
+            self.toggle_optimizer(opt_g)
+            z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
+            g_loss = self.loss.g_loss(D(self._noisy(G(z, labels), batch_idx), labels))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.untoggle_optimizer(opt_g)
+            self._update_ema()
+            self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
+        for scheduler in self._schedulers():
+            scheduler.step()
+
+    def _schedulers(self) -> list:
+        schedulers = self.lr_schedulers()
+        return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.generator_ema is None:
+            return
+        for ema, p in zip(self.generator_ema.parameters(), self.net.generator.parameters()):
+            ema.lerp_(p, 1.0 - self.ema_decay)
+        for ema, b in zip(self.generator_ema.buffers(), self.net.generator.buffers()):
+            ema.copy_(b)
+
+    def configure_optimizers(self):
+        def make(module: torch.nn.Module, lr: float | None) -> torch.optim.Optimizer:
+            return self.optimizer_factory(params=module.parameters(), **({"lr": lr} if lr else {}))
+
+        optimizers = [make(self.net.generator, self.g_lr), make(self.net.discriminator, self.d_lr)]  # TTUR
+        if self.scheduler_factory is None:
+            return optimizers
+        total = int(self.trainer.estimated_stepping_batches)  # batches: every scheduler steps once per batch
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        schedules = [self.scheduler_factory(opt, total, per_epoch) for opt in optimizers]
+        if any(s.get("interval") != "step" for s in schedules):
+            raise ValueError("GAN schedules step every batch: scheduler=plateau is not supported")
+        return optimizers, schedules
+
+    @torch.no_grad()
+    def sample_images(self, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The fixed-noise grid, from the EMA generator when there is one."""
+        generator = self.generator_ema or self.net.generator
+        was_training = generator.training
+        generator.eval()
+        images = generator(self.fixed_noise, self.fixed_labels if self.net.num_classes else None)
+        generator.train(was_training)
+        return {"": images}
+
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fail before training when G's images do not have the data's shape or D cannot score them."""
+        z = torch.randn(x.shape[0], self.net.latent_dim)
+        fake = self.net.generator(z, self._labels(y))
+        if fake.shape != x.shape:
+            raise ValueError(f"the generator makes images of shape {tuple(fake.shape[1:])}, the data has "
+                             f"{tuple(x.shape[1:])}")
+        scores = self.net.discriminator(x, self._labels(y))
+        if scores.shape != (x.shape[0],):
+            raise ValueError(f"the discriminator gives scores of shape {tuple(scores.shape)}, expected ({x.shape[0]},)")

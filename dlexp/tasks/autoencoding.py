@@ -1,0 +1,115 @@
+"""Autoencoders and VAEs as a LightningModule: reconstruction (+ KL for a VAE), optional input corruption."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlexp.losses.regularizers import Regularization
+from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, configure
+
+NOISES = ("none", "gaussian", "masking")
+
+
+class AutoencodingTask(pl.LightningModule):
+    """Loss per sample = reconstruction summed over pixels (+ beta * KL for a VAE); logged as stage/loss,
+    stage/recon_loss and stage/kl. Denoising: the input is corrupted, the target stays clean."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        regularization: Regularization | None = None,
+        recon_loss: str = "bce",
+        beta: float = 1.0,
+        noise: str = "none",
+        noise_level: float = 0.3,
+        n_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        if recon_loss not in ("bce", "mse"):
+            raise ValueError(f"task.recon_loss must be bce or mse, got '{recon_loss}'")
+        if recon_loss == "bce" and getattr(net, "output", None) != "sigmoid":
+            raise ValueError("task.recon_loss=bce needs a decoder with output=sigmoid (data in [0, 1]); use mse")
+        if noise not in NOISES:
+            raise ValueError(f"task.noise must be one of {', '.join(NOISES)}, got '{noise}'")
+        if not 0 <= noise_level < (1 if noise == "masking" else float("inf")):
+            raise ValueError(f"task.noise_level out of range for {noise} noise: {noise_level}")
+        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
+        self.reg = regularization or Regularization()
+        if self.reg.label_smoothing or self.reg.max_norm:
+            raise ValueError("regularizer label_smoothing and max_norm apply to classifiers; autoencoders take l1/l2/dropout")
+        self.recon_loss, self.beta, self.noise, self.noise_level = recon_loss, beta, noise, noise_level
+        self.variational = bool(getattr(net, "variational", False))
+        # prior draws for the sample grid: fixed by the run's seed, kept in the checkpoint
+        g = torch.Generator().manual_seed(torch.initial_seed())
+        self.register_buffer("fixed_noise", torch.randn(n_samples, net.latent_dim, generator=g))
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoising autoencoder input: x + N(0, level^2), or x with a `level` fraction of pixels zeroed."""
+        if self.noise == "gaussian":
+            return x + self.noise_level * torch.randn_like(x)
+        if self.noise == "masking":
+            return x * (torch.rand_like(x) >= self.noise_level)
+        return x
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, per-sample KL); a VAE samples z = mu + sigma * eps while training, uses mu otherwise."""
+        if not self.variational:
+            return self.net.decode(self.net.encode(x)), x.new_zeros(x.shape[0])
+        mu, logvar = self.net.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)  # KL(q(z|x) || N(0, I)), (B,)
+        return self.net.decode(z), kl
+
+    def model_step(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        source = self.corrupt(x) if stage == "train" and self.noise != "none" else x
+        out, kl = self.reconstruct(source)
+        if self.recon_loss == "bce":
+            recon = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), x.clamp(0, 1), reduction="none")
+        else:
+            recon = F.mse_loss(out, x, reduction="none")
+        recon = recon.flatten(1).sum(dim=1).mean()  # summed over pixels, mean over the batch
+        loss = recon + self.beta * kl.mean()
+        n = x.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/recon_loss", recon, on_epoch=True, batch_size=n)
+        if self.variational:
+            self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.model_step(batch[0], "train")
+        if self.reg.has_penalty:
+            reg_loss = self.reg.penalty(self.net)
+            self.log("train/reg_loss", reg_loss, on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
+            loss = loss + reg_loss
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch[0], "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch[0], "test")
+
+    def configure_optimizers(self):
+        return configure(self, self.optimizer_factory(params=self.parameters()), self.scheduler_factory)
+
+    @torch.no_grad()
+    def sample_images(self, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Grids for the sample callback: inputs above their reconstructions; for a VAE, prior samples too."""
+        out, _ = self.reconstruct(reference)
+        half = reference.shape[0] // 2
+        pairs = torch.stack([reference[:half], out[:half]], dim=1).flatten(0, 1)  # input, recon, input, ...
+        grids = {"": pairs}
+        if self.variational:
+            grids["prior_"] = self.net.sample(self.fixed_noise)
+        return grids
+
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fail before training when the net cannot reconstruct images of this shape."""
+        out, _ = self.reconstruct(x)
+        if out.shape != x.shape:
+            raise ValueError(f"the autoencoder outputs {tuple(out.shape[1:])} for images of shape {tuple(x.shape[1:])}")
