@@ -11,6 +11,7 @@ Config-driven deep-learning experiments: Hydra config groups composed into a PyT
 
 subcommands:
   train [-m] [overrides]   train, test and summarise one run (-m: a sweep over comma-separated values)
+  sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate steps=8 single=true out=DIR)
   list [GROUP]             the choices of every config group (or of one) with a one-line description
 
 examples:
@@ -18,6 +19,8 @@ examples:
   dlexp train model=mlp model.activation=elu optimizer=nesterov scheduler=exponential
   dlexp train dataset=fashion_mnist model=convnet trainer.max_epochs=2
   dlexp train -m optimizer=sgd,momentum,adam regularizer=none,l2
+  dlexp train model=wgan_gp dataset=mnist
+  dlexp sample outputs/runs/2026-11-22_10-31-07_a1b2c3 n=64 mode=interpolate
   dlexp list model
 
 Every run writes outputs/runs/<date>_<time>_<hex>/ with config.yaml, overrides.yaml, metrics.json,
@@ -127,12 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train(rest)
+    if command == "sample":
+        from dlexp.config import ConfigError
+        from dlexp.sample import USAGE as SAMPLE_USAGE, main as sample_main
+
+        if any(a in ("-h", "--help") for a in rest):
+            print(SAMPLE_USAGE)
+            return 0
+        try:
+            return sample_main(rest)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if command == "list":
         if len(rest) > 1:
             print("error: dlexp list takes at most one GROUP", file=sys.stderr)
             return 2
         return list_groups(rest[0] if rest else None)
-    print(f"error: unknown subcommand '{command}'; use one of: train, list (dlexp --help)", file=sys.stderr)
+    print(f"error: unknown subcommand '{command}'; use one of: train, sample, list (dlexp --help)", file=sys.stderr)
     return 2
 
 

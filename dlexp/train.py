@@ -102,8 +102,7 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     regularization = _make("regularizer", cfg.regularizer)
     if regularization.dropout > 0 and "dropout" not in cfg.model:
         raise ConfigError(f"model '{model_name}' has no dropout; regularizer=dropout needs a model with a dropout option")
-    net_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in INIT_KEYS}
-    net = _make("model", net_cfg)
+    net = net_from_config(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.model.get("init_from"):
         load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
     optimizer, scheduler = _make("optimizer", cfg.optimizer), _make("scheduler", cfg.scheduler)
@@ -140,6 +139,11 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
         enable_model_summary=False,
     )
     return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
+
+
+def net_from_config(model: dict[str, Any]) -> Any:
+    """The net of a resolved model config (the transfer-learning keys are not the net's)."""
+    return _make("model", {k: v for k, v in model.items() if k not in INIT_KEYS})
 
 
 def _dry_run(optimizer: Any, scheduler: Any) -> None:

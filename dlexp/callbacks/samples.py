@@ -57,6 +57,8 @@ class SampleImages(pl.Callback):
         pl_module.train(was_training)
         dm = trainer.datamodule
         for prefix, images in grids.items():
+            if images.shape[-1] < 4:  # not images (e.g. the 3-D points of the PCA example): nothing to look at
+                continue
             path = self.dirpath / f"{prefix}epoch_{epoch:04d}.png"
             grid = save_grid(denormalize(images, dm.mean, dm.std), path, self.nrow)
             for logger in trainer.loggers:

@@ -232,3 +232,27 @@ class Fake:
         x = torch.randint(0, 256, (n, *self.shape), generator=g, dtype=torch.uint8)
         y = torch.randint(0, self.num_classes, (n,), generator=g)
         return ImageData(x[: self.n_train], y[: self.n_train], x[self.n_train:], y[self.n_train:])
+
+
+class Points3D:
+    """The notes' PCA example: m noisy 3-D points near a plane, standardised; first half train, rest test.
+
+    Held as float (N, 3, 1, 1) "images", so any flat model (linear_ae) takes them as it takes pixels.
+    """
+
+    def __init__(self, m: int = 200, noise: float = 0.1, seed: int = 4) -> None:
+        self.m, self.noise, self.seed = m, noise, seed
+
+    def __call__(self) -> ImageData:
+        rng = np.random.RandomState(self.seed)  # the notes: np.random.seed(4)
+        m, w1, w2 = self.m, 0.1, 0.3
+        angles = rng.rand(m) * 3 * np.pi / 2 - 0.5
+        data = np.empty((m, 3))
+        data[:, 0] = np.cos(angles) + np.sin(angles) / 2 + self.noise * rng.randn(m) / 2
+        data[:, 1] = np.sin(angles) * 0.7 + self.noise * rng.randn(m) / 2
+        data[:, 2] = data[:, 0] * w1 + data[:, 1] * w2 + self.noise * rng.randn(m)
+        half = m // 2
+        mean, std = data[:half].mean(axis=0), data[:half].std(axis=0)  # StandardScaler fit on the train half
+        x = torch.from_numpy((data - mean) / std).float().view(m, 3, 1, 1)
+        y = torch.zeros(m, dtype=torch.long)
+        return ImageData(x[:half], y[:half], x[half:], y[half:])
