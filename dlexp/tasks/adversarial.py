@@ -61,6 +61,9 @@ class AdversarialTask(pl.LightningModule):
         self.register_buffer("fixed_noise", torch.randn(n_samples, net.latent_dim, generator=g))
         self.register_buffer("fixed_labels", torch.arange(n_samples) % max(1, net.num_classes))
 
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.sample(z, labels)
+
     def _labels(self, y: torch.Tensor) -> torch.Tensor | None:
         return y if self.net.num_classes else None
 

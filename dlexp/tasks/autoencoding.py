@@ -47,6 +47,9 @@ class AutoencodingTask(pl.LightningModule):
         g = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("fixed_noise", torch.randn(n_samples, net.latent_dim, generator=g))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(x)[0]
+
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """Denoising autoencoder input: x + N(0, level^2), or x with a `level` fraction of pixels zeroed."""
         if self.noise == "gaussian":
