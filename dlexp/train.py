@@ -79,6 +79,7 @@ def _route_lightning_logs() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip"))  # ads
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation, not the user's
+    warnings.filterwarnings("ignore", message=".*no `validation_step`.*")  # GANs: no validation, by design
 
 
 def _discard(run_dir: Path) -> None:
@@ -180,6 +181,7 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[s
     n_trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
     log.info("model %s: %s parameters (%s trainable); dataset %s: %s", parts["model_name"], f"{n_params:,}",
              f"{n_trainable:,}", datamodule.name, ", ".join(f"{k} {v}" for k, v in datamodule.sizes().items()))
+    import pytorch_lightning as pl
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
     trainer.fit(task, datamodule=datamodule)
@@ -200,7 +202,10 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[s
     run_dir = Path(cfg.run_dir)
     _write_metrics(run_dir, metrics)
     for logger in parts["loggers"]:
-        logger.log_hyperparams(_flat_hparams(cfg), {k: v for k, v in metrics.items() if isinstance(v, float)})
+        if isinstance(logger, pl.loggers.TensorBoardLogger):  # hparams view with the final metrics
+            logger.log_hyperparams(_flat_hparams(cfg), {k: v for k, v in metrics.items() if isinstance(v, float)})
+        else:
+            logger.log_hyperparams(_flat_hparams(cfg))
         logger.finalize("success")
     _summary(cfg, parts, metrics, best_path)
     return metrics

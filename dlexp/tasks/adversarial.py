@@ -120,12 +120,13 @@ class AdversarialTask(pl.LightningModule):
             self.untoggle_optimizer(opt_g)
             self._update_ema()
             self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
-        for scheduler in self._schedulers():
-            scheduler.step()
-
-    def _schedulers(self) -> list:
+        # each schedule advances with its own optimizer's steps: D every batch, G every n_critic batches
         schedulers = self.lr_schedulers()
-        return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
+        if schedulers:
+            sched_g, sched_d = schedulers
+            sched_d.step()
+            if (batch_idx + 1) % self.n_critic == 0:
+                sched_g.step()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -143,9 +144,10 @@ class AdversarialTask(pl.LightningModule):
         optimizers = [make(self.net.generator, self.g_lr), make(self.net.discriminator, self.d_lr)]  # TTUR
         if self.scheduler_factory is None:
             return optimizers
-        total = int(self.trainer.estimated_stepping_batches)  # batches: every scheduler steps once per batch
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        schedules = [self.scheduler_factory(opt, total, per_epoch) for opt in optimizers]
+        batches = int(self.trainer.estimated_stepping_batches)  # manual optimization: this counts batches
+        epochs = max(1, self.trainer.max_epochs or 1)
+        schedules = [self.scheduler_factory(opt, max(1, steps), max(1, steps // epochs))
+                     for opt, steps in ((optimizers[0], batches // self.n_critic), (optimizers[1], batches))]
         if any(s.get("interval") != "step" for s in schedules):
             raise ValueError("GAN schedules step every batch: scheduler=plateau is not supported")
         return optimizers, schedules
