@@ -50,7 +50,8 @@ Hydra's own flags work too: --cfg job prints the composed config, --info shows t
 """
 
 DEFAULTS = {"dataset": "digits", "model": "convnet", "optimizer": "adam", "scheduler": "none",
-            "regularizer": "none", "trainer": "cpu", "callbacks": "default", "logger": "tensorboard"}
+            "regularizer": "none", "trainer": "cpu", "callbacks": "default", "logger": "tensorboard",
+            "task": "classification", "gan_loss": "null"}
 
 
 def describe(path: Path) -> str:

@@ -94,7 +94,7 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
 
-    from dlexp.callbacks.training import RunInfo
+    from dlexp.callbacks.training import GradientClipping, RunInfo
     from dlexp.transfer import load_matching
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -129,9 +129,16 @@ def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
     loggers = [_make(f"logger.{k}", c) for k, c in (cfg.get("logger") or {}).items()]
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    # the trainer's clip settings become the clipping callback: Lightning's own refuses manual optimization (GANs)
+    if cfg.trainer.get("gradient_clip_val"):
+        try:
+            callbacks.append(GradientClipping(cfg.trainer.gradient_clip_algorithm, cfg.trainer.gradient_clip_val))
+        except ValueError as e:
+            raise ConfigError(f"trainer: {e}") from None
     trainer = _make(
         "trainer",
         cfg.trainer,
+        gradient_clip_val=None,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=cfg.run_dir,

@@ -1,9 +1,11 @@
-"""Every YAML in conf/{model,dataset,optimizer,scheduler,regularizer} composes, builds as train.py does and trains.
+"""Every YAML in conf/{model,dataset,optimizer,scheduler,regularizer,gan_loss} composes, builds as train.py does
+and trains.
 
 Files are discovered at collection time, so a new config file is covered without touching this module.
 """
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from pathlib import Path
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from dlexp.config import ConfigError
+from dlexp.config import ConfigError, compose
 from dlexp.train import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation, as train.py does
@@ -85,14 +87,45 @@ def finite_metric(trainer: pl.Trainer, key: str) -> float:
 
 # ---------------------------------------------------------------- models
 
+CLASSIFICATION = "dlexp.tasks.classification.ClassificationTask"
+ADVERSARIAL = "dlexp.tasks.adversarial.AdversarialTask"
+AUTOENCODING = "dlexp.tasks.autoencoding.AutoencodingTask"
+
+
+@functools.lru_cache(maxsize=None)
+def model_info(model: str) -> dict:
+    """What a model file composes to: its task's _target_, its generator's _target_ (GANs) and n_critic."""
+    cfg = compose([f"model={model}"])
+    generator = cfg.model.get("generator")
+    return {"task": cfg.task._target_, "generator": generator._target_ if generator is not None else None,
+            "n_critic": int(cfg.task.get("n_critic", 1))}
+
+
+CLASSIFIERS = [m for m in names("model") if model_info(m)["task"] == CLASSIFICATION]
+GENERATIVE = [m for m in names("model") if model_info(m)["task"] != CLASSIFICATION]
+
 SHAPES = {
     "1x28x28": [],
     "3x32x32": ["dataset.channels=3", "dataset.image_size=32", "dataset.num_classes=5"],
 }
 
 
+def bn_untouched(module: nn.Module) -> None:
+    """Building (a dry run to size a head, a shape check) must not have touched batch-norm running statistics."""
+    for bn in (m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        assert int(bn.num_batches_tracked) == 0
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_model_files_are_split_by_task():
+    """Every model file composes to one of the three tasks, and both kinds exist (the lists below are not empty)."""
+    assert CLASSIFIERS and GENERATIVE
+    assert {model_info(m)["task"] for m in GENERATIVE} <= {ADVERSARIAL, AUTOENCODING}
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("model", names("model"))
+@pytest.mark.parametrize("model", CLASSIFIERS)
 def test_model_config_trains_one_step(make_cfg, model, shape):
     """Each model builds for 1x28x28 and 3x32x32 data with untouched BatchNorm statistics, gives (B, classes)
     logits and a finite loss, and every parameter moves in one optimizer step."""
@@ -103,11 +136,7 @@ def test_model_config_trains_one_step(make_cfg, model, shape):
     x, y = next(iter(dm.train_dataloader()))
     x = dm.transform(x, training=True)
     assert x.shape == (8, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
-    for bn in (m for m in task.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        # building (e.g. a dry run to size the head) must not have touched the running statistics
-        assert int(bn.num_batches_tracked) == 0
-        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
-        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    bn_untouched(task.net)
     optimizer = task.optimizer_factory(params=task.parameters())
     before = snapshot(task.net)
     task.train()
