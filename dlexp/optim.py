@@ -95,8 +95,12 @@ def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, min_fac
 def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_lr: float = 0.01,
              pct_start: float = 0.25) -> dict:
     """Smith's one-cycle policy over the whole run (its own warmup is pct_start)."""
-    return {"scheduler": OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, total_steps), pct_start=pct_start),
-            "interval": "step"}
+    if not 0 < pct_start < 1:
+        raise ValueError(f"scheduler.pct_start must be in (0, 1), got {pct_start}")
+    # OneCycleLR divides by pct_start * total_steps - 1: a run shorter than that stops early in the cycle
+    shortest = math.floor(1 / pct_start) + 1
+    return {"scheduler": OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, shortest),
+                                    pct_start=pct_start), "interval": "step"}
 
 
 def plateau(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, monitor: str = "val/loss",

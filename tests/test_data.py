@@ -451,7 +451,7 @@ def test_tensor_batches_every_index_once_and_seeded():
     n = 50
     x, y = torch.arange(n).view(n, 1, 1, 1), torch.arange(n)
     epoch = [0]
-    batches = TensorBatches(x, y, batch_size=7, shuffle=True, seed=11, epoch_fn=lambda: epoch[0])
+    batches = TensorBatches(x, y, batch_size=7, shuffle=True, seed=11, position_fn=lambda: (epoch[0], 0))
     assert len(batches) == 8
     orders = {}
     for e in (0, 1, 0):
@@ -465,10 +465,24 @@ def test_tensor_batches_every_index_once_and_seeded():
     assert orders[0][0] == orders[0][1]
     assert orders[0][0] != orders[1][0]
     assert orders[0][0] != list(range(n))
-    fresh = TensorBatches(x, y, batch_size=7, shuffle=True, seed=11, epoch_fn=lambda: 1)
+    fresh = TensorBatches(x, y, batch_size=7, shuffle=True, seed=11, position_fn=lambda: (1, 0))
     assert torch.cat([b[1] for b in fresh]).tolist() == orders[1][0]  # whatever ran before
-    other_seed = TensorBatches(x, y, batch_size=7, shuffle=True, seed=12, epoch_fn=lambda: 0)
+    other_seed = TensorBatches(x, y, batch_size=7, shuffle=True, seed=12, position_fn=lambda: (0, 0))
     assert torch.cat([b[1] for b in other_seed]).tolist() != orders[0][0]
+
+
+def test_tensor_batches_resume_mid_epoch():
+    """A loaded state (epoch, batches done) continues that epoch's order where it stopped, then starts afresh."""
+    n = 50
+    x, y = torch.arange(n).view(n, 1, 1, 1), torch.arange(n)
+    full = torch.cat([b[1] for b in TensorBatches(x, y, 7, True, seed=3, position_fn=lambda: (2, 0))])
+    position = [(2, 3)]
+    batches = TensorBatches(x, y, 7, True, seed=3, position_fn=lambda: position[0])
+    assert batches.state_dict() == {"epoch": 2, "batches_done": 3}
+    batches.load_state_dict({"epoch": 2, "batches_done": 3})
+    rest = torch.cat([b[1] for b in batches])
+    assert rest.tolist() == full[21:].tolist()
+    assert torch.cat([b[1] for b in batches]).tolist() == full.tolist()  # the next pass is a whole epoch again
 
 
 def test_tensor_batches_unshuffled_in_order():

@@ -53,7 +53,7 @@ class SampleImages(pl.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        grids = pl_module.sample_images(self._reference(trainer, pl_module))
+        grids = pl_module.sample_images(self._reference(trainer, pl_module), nrow=self.nrow)
         pl_module.train(was_training)
         dm = trainer.datamodule
         for prefix, images in grids.items():

@@ -17,24 +17,41 @@ from dlexp.data.sources import ImageData
 
 
 class TensorBatches:
-    """Iterable of (uint8 images, labels) index batches over tensors; reshuffled each epoch from seed + epoch."""
+    """Iterable of (uint8 images, labels) index batches over tensors; reshuffled each epoch from seed + epoch.
+
+    Stateful for exact resumption: the order depends only on (seed, epoch), so the position is just
+    (epoch, batches done), which `position_fn` reads from the trainer when a checkpoint is saved (the
+    iterator itself runs a batch ahead of training).
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch_fn: Callable[[], int] = lambda: 0) -> None:
+                 position_fn: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.seed, self.epoch_fn = seed, epoch_fn
+        self.seed, self.position_fn = seed, position_fn
+        self._resume_at: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
 
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self.position_fn()
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (state["epoch"], state["batches_done"])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
+        n, epoch = len(self.y), self.position_fn()[0]
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == epoch and self._resume_at[1] < len(self):
+            skip = self._resume_at[1]  # continue the interrupted epoch where it stopped
+        self._resume_at = None
         if self.shuffle:  # same order for the same seed and epoch, whatever ran before
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch_fn()))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
             order = order.to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
-        for start in range(0, n, self.batch_size):
+        for start in range(skip * self.batch_size, n, self.batch_size):
             idx = order[start: start + self.batch_size]
             yield self.x[idx], self.y[idx]
 
@@ -114,8 +131,13 @@ class ImageDataModule(pl.LightningDataModule):
         if x.device != device:  # move each split to the device once; batches are slices of it
             x, y = x.to(device), y.to(device)
             self.splits[split] = (x, y)
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
-        return TensorBatches(x, y, self.batch_size, shuffle, self.seed, epoch)
+        return TensorBatches(x, y, self.batch_size, shuffle, self.seed, self._position)
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, training batches fully processed in it), as Lightning's fit loop counts them."""
+        if self.trainer is None:
+            return 0, 0
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches("train", shuffle=True)

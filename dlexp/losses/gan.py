@@ -15,6 +15,7 @@ class GANLoss:
     clip_value: float | None = None  # WGAN: clamp critic weights to [-c, c] after every critic step
     gp_weight: float = 0.0           # WGAN-GP: weight of the gradient penalty on interpolates
     uses_real_label: bool = False    # BCE and least-squares losses take a smoothed real label
+    logits: bool = False             # D's outputs are logits of a probability (BCE losses)
     wasserstein: bool = False        # D is a critic: report E[D(real)] - E[D(fake)] as the distance estimate
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
@@ -33,7 +34,7 @@ def _bce_d_loss(real: torch.Tensor, fake: torch.Tensor, real_label: float) -> to
 class Minimax(GANLoss):
     """Goodfellow et al. 2014 as written: G minimises log(1 - D(G(z))), which saturates early in training."""
 
-    uses_real_label = True
+    uses_real_label = logits = True
 
     def d_loss(self, real, fake, real_label=1.0):
         return _bce_d_loss(real, fake, real_label)
@@ -45,7 +46,7 @@ class Minimax(GANLoss):
 class NonSaturating(GANLoss):
     """The -log D trick: G maximises log D(G(z)); same fixed point, strong gradients when D wins."""
 
-    uses_real_label = True
+    uses_real_label = logits = True
 
     def d_loss(self, real, fake, real_label=1.0):
         return _bce_d_loss(real, fake, real_label)

@@ -50,6 +50,10 @@ class AdversarialTask(pl.LightningModule):
         if reg.has_penalty or reg.max_norm or reg.label_smoothing:
             raise ValueError("regularizer=... applies to classifiers and autoencoders; GANs have task.label_smoothing, "
                              "task.instance_noise and spectral_norm in the discriminator")
+        if scheduler is not None:  # refuse an epoch-level schedule (plateau) now, not mid-run
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            if scheduler(probe, 100, 10).get("interval") != "step":
+                raise ValueError("GAN schedules step every batch: scheduler=plateau is not supported")
         self.automatic_optimization = False
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -76,7 +80,7 @@ class AdversarialTask(pl.LightningModule):
         return x + self.instance_noise * max(0.0, 1.0 - progress) * torch.randn_like(x)
 
     def _report(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores.mean() if self.loss.wasserstein or not self.loss.uses_real_label else torch.sigmoid(scores).mean()
+        return torch.sigmoid(scores).mean() if self.loss.logits else scores.mean()
 
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -148,12 +152,10 @@ class AdversarialTask(pl.LightningModule):
         epochs = max(1, self.trainer.max_epochs or 1)
         schedules = [self.scheduler_factory(opt, max(1, steps), max(1, steps // epochs))
                      for opt, steps in ((optimizers[0], batches // self.n_critic), (optimizers[1], batches))]
-        if any(s.get("interval") != "step" for s in schedules):
-            raise ValueError("GAN schedules step every batch: scheduler=plateau is not supported")
         return optimizers, schedules
 
     @torch.no_grad()
-    def sample_images(self, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def sample_images(self, reference: torch.Tensor | None = None, nrow: int = 8) -> dict[str, torch.Tensor]:
         """The fixed-noise grid, from the EMA generator when there is one."""
         generator = self.generator_ema or self.net.generator
         was_training = generator.training

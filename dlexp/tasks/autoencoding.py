@@ -101,12 +101,14 @@ class AutoencodingTask(pl.LightningModule):
         return configure(self, self.optimizer_factory(params=self.parameters()), self.scheduler_factory)
 
     @torch.no_grad()
-    def sample_images(self, reference: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Grids for the sample callback: inputs above their reconstructions; for a VAE, prior samples too."""
-        out, _ = self.reconstruct(reference)
-        half = reference.shape[0] // 2
-        pairs = torch.stack([reference[:half], out[:half]], dim=1).flatten(0, 1)  # input, recon, input, ...
-        grids = {"": pairs}
+    def sample_images(self, reference: torch.Tensor, nrow: int = 8) -> dict[str, torch.Tensor]:
+        """Grids for the sample callback: rows of inputs, each above a row of their reconstructions; for a
+        VAE also decoded prior samples."""
+        half = max(nrow, reference.shape[0] // 2 // nrow * nrow)  # whole rows
+        inputs = reference[:half]
+        out, _ = self.reconstruct(inputs)
+        rows = torch.stack([inputs.view(-1, nrow, *inputs.shape[1:]), out.view(-1, nrow, *out.shape[1:])], dim=1)
+        grids = {"": rows.flatten(0, 2)}  # (rows, 2, nrow, C, H, W) -> inputs row, recon row, ...
         if self.variational:
             grids["prior_"] = self.net.sample(self.fixed_noise)
         return grids
