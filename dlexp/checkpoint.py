@@ -24,8 +24,9 @@ class CheckpointError(ConfigError):
     """A checkpoint file that is missing, truncated, foreign or unsafe: one line naming the file."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load(weights_only=True) of a Lightning/dlexp checkpoint; any problem is a CheckpointError."""
+def load_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
+    """torch.load(weights_only=True) of a Lightning/dlexp checkpoint (training=False: any state_dict file);
+    any problem is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -40,15 +41,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or foreign): {first}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or (training and "state_dict" not in ckpt):
         raise CheckpointError(f"{path}: a PyTorch file, but not a training checkpoint (no state_dict)")
     return ckpt
+
+
+class NonFiniteWeights(RuntimeError):
+    """The weights to be saved hold NaN or inf: the previous checkpoint is kept."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic, durable saves and safe, weights-only loads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+        if bad:  # never replace a good checkpoint with non-finite weights
+            raise NonFiniteWeights(f"weights became non-finite ({', '.join(bad[:3])}); {Path(path).name} not written")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(Path(path), buffer.getvalue())

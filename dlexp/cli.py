@@ -11,6 +11,7 @@ Config-driven deep-learning experiments: Hydra config groups composed into a PyT
 
 subcommands:
   train [-m] [overrides]   train, test and summarise one run (-m: a sweep over comma-separated values)
+  resume RUN_DIR           continue a run (or a sweep's unfinished jobs) from its last checkpoint
   sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate steps=8 single=true out=DIR)
   list [GROUP]             the choices of every config group (or of one) with a one-line description
 
@@ -44,6 +45,9 @@ common keys:
   optimizer.lr=0.001          optimizer.weight_decay=0
   monitor=val/acc monitor_mode=max   the metric for best checkpoint and early stopping
   model.init_from=RUN_DIR     load matching weights (model.init_include / model.init_exclude regexes)
+  ckpt_path=last|FILE         continue the latest run (or FILE's run) in its own directory (= dlexp resume)
+  on_nan=stop|skip            a NaN/inf loss stops the run (exit 1) or skips that batch
+  callbacks.checkpoint.every_n_train_steps=100   also write last.ckpt every 100 steps
   paths.data_dir=DIR          where datasets are looked for (env DLEXP_DATA_DIR)
 
 Hydra's own flags work too: --cfg job prints the composed config, --info shows the search path.
@@ -101,10 +105,19 @@ def train(args: list[str]) -> int:
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
     multirun = any(f in ("-m", "--multirun") for f in flags)
-    from dlexp.config import ConfigError, check_overrides
+    from dlexp.config import ConfigError, check_overrides, check_writable
+
+    ckpt = [o for o in overrides if o.partition("=")[0] == "ckpt_path"]
+    if ckpt:  # continue an earlier run in its own directory: `dlexp resume` under another name
+        from dlexp import resume
+
+        output_dir = next((o.partition("=")[2] for o in overrides if o.startswith("paths.output_dir=")), "outputs")
+        rest = [o for o in overrides if o not in ckpt and not o.startswith("paths.output_dir=")]
+        return _guarded(lambda: resume.from_ckpt_path(ckpt[0].partition("=")[2], output_dir, rest))
 
     try:
-        check_overrides(overrides)
+        cfg = check_overrides(overrides)
+        check_writable(Path(cfg.paths.output_dir))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -116,6 +129,17 @@ def train(args: list[str]) -> int:
     if multirun and train_module.last_sweep_dir:
         print(f"multirun_dir: {train_module.last_sweep_dir}")
     return 0
+
+
+def _guarded(call) -> int:
+    """Run a subcommand; a ConfigError is one line on stderr and exit code 2."""
+    from dlexp.config import ConfigError
+
+    try:
+        return call()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,24 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train(rest)
+    if command == "resume":
+        from dlexp import resume
+
+        return _guarded(lambda: resume.main(rest))
     if command == "sample":
-        from dlexp.config import ConfigError
-        from dlexp.sample import USAGE as SAMPLE_USAGE, main as sample_main
+        from dlexp import sample
 
         if any(a in ("-h", "--help") for a in rest):
-            print(SAMPLE_USAGE)
+            print(sample.USAGE)
             return 0
-        try:
-            return sample_main(rest)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return _guarded(lambda: sample.main(rest))
     if command == "list":
         if len(rest) > 1:
             print("error: dlexp list takes at most one GROUP", file=sys.stderr)
             return 2
         return list_groups(rest[0] if rest else None)
-    print(f"error: unknown subcommand '{command}'; use one of: train, sample, list (dlexp --help)", file=sys.stderr)
+    print(f"error: unknown subcommand '{command}'; use one of: train, resume, sample, list (dlexp --help)", file=sys.stderr)
     return 2
 
 

@@ -69,10 +69,10 @@ def _first_line(message: str) -> str:
     return "; ".join(lines[:2]) if lines else message
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str]) -> DictConfig:
     """Refuse unknown choices, unknown keys, values of the wrong type and missing required values.
 
-    Sweep overrides (a,b,c) are checked choice by choice.
+    Sweep overrides (a,b,c) are checked choice by choice. Returns the config of the first job.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -97,8 +97,9 @@ def check_overrides(overrides: list[str]) -> None:
                  for v in values]
         first.append(lines[0])
         alternatives += [(i, line) for line in lines[1:]]
-    for variant in [first] + [first[:i] + [line] + first[i + 1:] for i, line in alternatives]:
-        _check_one(variant, known)
+    configs = [_check_one(variant, known) for variant in [first] + [first[:i] + [line] + first[i + 1:]
+                                                                   for i, line in alternatives]]
+    return configs[0]
 
 
 def _choices(value: str) -> list[str]:
@@ -108,16 +109,19 @@ def _choices(value: str) -> list[str]:
     return [value]
 
 
-def _check_one(overrides: list[str], known: dict[str, list[str]]) -> None:
+def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     group_overrides = [o.input_line for o in parsed if o.key_or_group in known or o.key_or_group.startswith("hydra")]
     base = compose(group_overrides)
     for o in parsed:
-        if o.key_or_group in known or o.key_or_group.startswith("hydra") or o.is_add() or o.is_force_add():
+        if o.key_or_group in known or o.key_or_group.startswith("hydra"):
             continue
         key = o.key_or_group
+        if o.is_add() or o.is_force_add():
+            _check_added(base, key, known)
+            continue
         if not _has_key(base, key):
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(base, parent) if parent else base
@@ -134,6 +138,63 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> None:
     missing = _missing(cfg)
     if missing:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
+    return cfg
+
+
+def check_writable(folder: Path) -> None:
+    """Run directories can be made under folder (a read-only or full disk fails here, not after training)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dlexp-write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write run directories under {folder}: {e.strerror or e}") from None
+
+
+COLLECTIONS = ("callbacks", "logger")  # named components: a new entry (+callbacks.mine={...}) is legitimate
+
+
+def _check_added(cfg: DictConfig, key: str, known: dict[str, list[str]]) -> None:
+    """+key / ++key must name something that will be read: a parameter of the component (its _target_'s
+    signature) it is added to, or a new entry of callbacks/logger. Catches +trainer.max_epoch=5, +modle=x."""
+    parent, _, leaf = key.rpartition(".")
+    if not parent:
+        if leaf in cfg or leaf in known:
+            return
+        raise ConfigError(f"unknown key or group '{leaf}'{did_you_mean(leaf, [*known, *map(str, cfg.keys())])}")
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False)
+    if not isinstance(node, DictConfig):
+        head = parent.split(".")[0]
+        raise ConfigError(f"cannot add '{key}': '{parent}' is not in the config"
+                          f"{did_you_mean(head, [*map(str, cfg.keys())]) if head not in cfg else ''}")
+    if parent in COLLECTIONS:
+        return
+    target = node.get("_target_") if "_target_" in node.keys() else None
+    if target is None:
+        raise ConfigError(f"cannot add '{key}': nothing reads '{leaf}' in '{parent}' "
+                          f"(it has {', '.join(map(str, node.keys()))})")
+    params = _parameters(str(target))
+    if params is not None and leaf not in params:
+        raise ConfigError(f"'{leaf}' is not a parameter of {target}{did_you_mean(leaf, sorted(params))} "
+                          f"(in '{parent}')")
+
+
+def _parameters(target: str) -> set[str] | None:
+    """Keyword parameters of a _target_ (None when it takes **kwargs or cannot be inspected)."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(target)
+        signature = inspect.signature(obj)
+    except Exception:
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return {name for name in signature.parameters if name != "self"}
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:

@@ -61,6 +61,7 @@ def main(args: list[str]) -> int:
     import yaml
 
     from dlexp.callbacks.samples import denormalize, save_grid
+    from dlexp.checkpoint import load_checkpoint
     from dlexp.train import net_from_config
     from dlexp.transfer import checkpoint_file
 
@@ -71,7 +72,7 @@ def main(args: list[str]) -> int:
         raise ConfigError(f"{run_dir} trained {type(net).__name__}, which has no generator or prior to sample from; "
                           "dlexp sample works on GAN and VAE runs")
     try:
-        state = torch.load(checkpoint_file(run_dir), map_location="cpu", weights_only=True)["state_dict"]
+        state = load_checkpoint(checkpoint_file(run_dir))["state_dict"]
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})

@@ -1,7 +1,6 @@
 """`dlexp train`: compose -> instantiate -> fit -> test -> summary. The only module besides cli.py that sees a DictConfig."""
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 import sys
@@ -13,11 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlexp.build import build, net_from_config  # noqa: F401  (net_from_config: dlexp sample)
 from dlexp.config import ConfigError, conf_dir, register_resolvers
 from dlexp.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("dlexp")
-INIT_KEYS = ("init_from", "init_include", "init_exclude")
 last_sweep_dir: str | None = None  # read by cli.py to print multirun_dir
 
 
@@ -32,42 +31,95 @@ def run(args: list[str]) -> int:
 
 
 def task(cfg: DictConfig) -> float | None:
-    """One run in its run directory (made by Hydra); returns the monitored metric for sweepers."""
+    """Hydra's task function: one run in the run directory Hydra made; returns the monitored metric."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    _route_lightning_logs()
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     global last_sweep_dir
     last_sweep_dir = hydra_cfg.sweep.dir if multirun else None
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    return execute(cfg, Path(hydra_cfg.runtime.output_dir), choices, list(hydra_cfg.overrides.task), multirun)
+
+
+def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: list[str], multirun: bool = False,
+            ckpt_path: Path | None = None) -> float | None:
+    """Build, train, test and summarise in run_dir; with ckpt_path, continue that run from the checkpoint.
+
+    Exit codes (SystemExit): 2 for a config or data problem found before training (a new run directory is
+    removed), 1 for a failed run, 130/143 after Ctrl-C/SIGTERM with a resumable checkpoint written.
+    """
+    import signal
+
+    from dlexp.callbacks.run_state import RunInterrupted, StopOnSignal
+    from dlexp.data.sources import DataNotFound
+
+    _route_lightning_logs()
     start = time.time()
+    previous = _read_metrics(run_dir) if ckpt_path else {}
+    stopper = StopOnSignal(str(run_dir / "checkpoints" / "last.ckpt"))
+    stopper.install()
     try:
-        parts = build(cfg, model_name=hydra_cfg.runtime.choices.get("model", "?"))
-    except Exception as e:  # a config or data problem found before training: no run directory is left
-        from dlexp.data.sources import DataNotFound
-
-        _discard(run_dir)
-        message = str(e) if isinstance(e, (ConfigError, DataNotFound)) else f"{type(e).__name__}: {e}"
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
-    try:
-        metrics = fit_and_test(cfg, parts, start)
-    except Exception as e:
-        log.debug("".join(traceback.format_exception(e)))
-        _write_metrics(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                 "wall_s": round(time.time() - start, 2)})
-        print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})", file=sys.stderr)
-        if multirun:
-            return None
-        raise SystemExit(1)
+        try:
+            purge = _logged_step(ckpt_path) if ckpt_path else None
+            parts = build(cfg, choices.get("model", "?"), extra_callbacks=[stopper], tensorboard_purge_step=purge)
+        except Exception as e:  # a config or data problem found before training
+            if ckpt_path is None:
+                _discard(run_dir)
+            message = str(e) if isinstance(e, (ConfigError, DataNotFound)) else f"{type(e).__name__}: {e}"
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+        if ckpt_path is None:
+            config = {**OmegaConf.to_container(cfg, resolve=True), "choices": choices}
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+            atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
+        try:
+            stopper.check()
+            metrics = fit_and_test(cfg, parts, start - previous.get("wall_s", 0.0), ckpt_path, stopper)
+        except (RunInterrupted, KeyboardInterrupt) as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            _write_metrics(run_dir, {**previous, "status": "interrupted", "wall_s": _wall(start, previous),
+                                     "resume": f"dlexp resume {run_dir}"})
+            print(f"interrupted by {signal.Signals(signum).name}: resume with\n  dlexp resume {run_dir}",
+                  file=sys.stderr)
+            raise SystemExit(128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM; a sweep stops here too
+        except Exception as e:
+            log.debug("".join(traceback.format_exception(e)))
+            _write_metrics(run_dir, {**previous, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                                     "wall_s": _wall(start, previous)})
+            print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})",
+                  file=sys.stderr)
+            if multirun:
+                return None
+            raise SystemExit(1)
+    finally:
+        stopper.uninstall()
     log.info("run_dir: %s", run_dir)
-    value = metrics.get(cfg.monitor)
+    value = metrics.get(cfg.monitor) if cfg.monitor else None
     return float(value) if value is not None else None
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "metrics.json"
+    return {k: v for k, v in json.loads(path.read_text()).items() if k in ("wall_s",)} if path.is_file() else {}
+
+
+def _wall(start: float, previous: dict[str, Any]) -> float:
+    return round(time.time() - start + previous.get("wall_s", 0.0), 2)
+
+
+def _logged_step(ckpt_path: Path) -> int:
+    """The logging step training continues at: where TensorBoard should forget a killed attempt's extra points."""
+    from dlexp.checkpoint import load_checkpoint
+
+    loop = load_checkpoint(ckpt_path).get("loops", {}).get("fit_loop", {})
+    step = int(loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0))
+    batch = loop.get("epoch_loop.batch_progress", {}).get("current", {})
+    # saved at a batch's end (every_n_train_steps): that batch was logged at `step` before the counter moved on
+    return step + 1 if batch.get("processed", 0) > batch.get("completed", 0) else step
 
 
 def _route_lightning_logs() -> None:
@@ -89,99 +141,8 @@ def _discard(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def build(cfg: DictConfig, model_name: str) -> dict[str, Any]:
-    """Instantiate data, net, task, callbacks, loggers and trainer; load the data (fails fast on missing files)."""
-    import pytorch_lightning as pl
-    import torch
-
-    from dlexp.callbacks.training import GradientClipping, RunInfo
-    from dlexp.transfer import load_matching
-
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = _make("dataset", cfg.dataset, seed=cfg.seed)
-    datamodule.load()
-    regularization = _make("regularizer", cfg.regularizer)
-    if regularization.dropout > 0 and "dropout" not in cfg.model:
-        raise ConfigError(f"model '{model_name}' has no dropout; regularizer=dropout needs a model with a dropout option")
-    net = net_from_config(OmegaConf.to_container(cfg.model, resolve=True))
-    if cfg.model.get("init_from"):
-        load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
-    optimizer, scheduler = _make("optimizer", cfg.optimizer), _make("scheduler", cfg.scheduler)
-    _dry_run(optimizer, scheduler)
-    # _partial_: Hydra would turn objects passed as kwargs (the Regularization dataclass) into configs
-    make_task = _make("task", cfg.task, _partial_=True)
-    extra = {}
-    if cfg.get("gan_loss") is not None:
-        if "loss" not in inspect.signature(make_task).parameters:
-            raise ConfigError(f"gan_loss needs a GAN model (a generator and a discriminator); model '{model_name}' "
-                              "has none")
-        extra["loss"] = _make("gan_loss", cfg.gan_loss)
-    try:
-        task = make_task(net=net, optimizer=optimizer, scheduler=scheduler, regularization=regularization, **extra)
-        with torch.no_grad():  # one small batch through the nets: shapes that do not fit fail here, not mid-run
-            x, y = datamodule.example_batch(4)
-            task.eval().check_batch(x, y)
-            task.train()
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{model_name}: {e}") from None
-    callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
-    callbacks.append(RunInfo(OmegaConf.to_container(cfg, resolve=True)))
-    loggers = [_make(f"logger.{k}", c) for k, c in (cfg.get("logger") or {}).items()]
-    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    # the trainer's clip settings become the clipping callback: Lightning's own refuses manual optimization (GANs)
-    if cfg.trainer.get("gradient_clip_val"):
-        try:
-            callbacks.append(GradientClipping(cfg.trainer.gradient_clip_algorithm, cfg.trainer.gradient_clip_val))
-        except ValueError as e:
-            raise ConfigError(f"trainer: {e}") from None
-    trainer = _make(
-        "trainer",
-        cfg.trainer,
-        gradient_clip_val=None,
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=cfg.run_dir,
-        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
-        enable_model_summary=False,
-    )
-    return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
-
-
-def net_from_config(model: dict[str, Any]) -> Any:
-    """The net of a resolved model config (the transfer-learning keys are not the net's)."""
-    return _make("model", {k: v for k, v in model.items() if k not in INIT_KEYS})
-
-
-def _dry_run(optimizer: Any, scheduler: Any) -> None:
-    """Build the optimizer and schedule on a dummy parameter, so bad values (lr < 0) fail before training."""
-    import torch
-
-    try:
-        opt = optimizer(params=[torch.zeros(1, requires_grad=True)])
-    except Exception as e:
-        raise ConfigError(f"optimizer: {type(e).__name__}: {e}") from None
-    try:
-        if scheduler is not None:
-            scheduler(opt, total_steps=100, steps_per_epoch=10)
-    except Exception as e:
-        raise ConfigError(f"scheduler: {type(e).__name__}: {e}") from None
-
-
-def _make(key: str, node: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, with a failure reported as one line naming the config key."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as e:
-        cause = e.__cause__ or e
-        lines = str(cause).strip().splitlines()
-        raise ConfigError(f"{key}: {type(cause).__name__}: {lines[0] if lines else ''}") from None
-
-
-def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[str, Any]:
+def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path: Path | None = None,
+                 stopper: Any = None) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json and TensorBoard hparams, print the summary."""
     trainer, task, datamodule = parts["trainer"], parts["task"], parts["datamodule"]
     n_params = sum(p.numel() for p in task.net.parameters())
@@ -191,17 +152,21 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float) -> dict[s
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if stopper is not None:
+        stopper.check()
     # epoch means under their plain names (train/loss_epoch -> train/loss); per-step values dropped
     metrics: dict[str, Any] = {
         k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
         if k.startswith(("train/", "val/")) and not k.endswith("_step")
     }
-    ckpt = trainer.checkpoint_callback
+    ckpt = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best by the monitored metric
     best_path = ckpt.best_model_path if cfg.monitor and ckpt is not None and ckpt.best_model_path else None
     if is_overridden("test_step", task):  # GANs have no test metric of their own (see dlexp eval)
         test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
         metrics.update({k: float(v) for k, v in test_metrics.items()})
+        if stopper is not None:
+            stopper.check()
     if best_path and ckpt.best_model_score is not None:
         metrics[f"{cfg.monitor}_best"] = float(ckpt.best_model_score)
     metrics.update(params=n_params, epochs=trainer.current_epoch, global_step=trainer.global_step,

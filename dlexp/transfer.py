@@ -34,7 +34,9 @@ def checkpoint_file(source: str | Path) -> Path:
 
 def net_state(source: str | Path) -> dict[str, torch.Tensor]:
     """The net's tensors from a dlexp checkpoint (keys 'net.*') or a plain state_dict file."""
-    ckpt = torch.load(checkpoint_file(source), map_location="cpu", weights_only=True)
+    from dlexp.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_file(source), training=False)
     state = ckpt.get("state_dict", ckpt)
     if any(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}

@@ -6,6 +6,7 @@ import signal
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dlexp.checkpoint import rng_state, set_rng_state
 
@@ -82,3 +83,18 @@ class StopOnSignal(pl.Callback):
         """Outside the training loop (start-up, validation, test): stop now if a signal came."""
         if self.signum is not None:
             raise RunInterrupted(self.signum)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt after every epoch and, with every_n_train_steps, every N training steps too.
+
+    The state a resume continues from; N bounds what a kill can lose. (Lightning's save_last only
+    writes when a monitored checkpoint is written, and its step and epoch triggers exclude each other.)
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be >= 1 or null, got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
+                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+        self._every_n_epochs = 1  # and after every epoch as well

@@ -9,7 +9,12 @@ import torch
 from dlexp.losses.gan import GANLoss, gradient_penalty
 from dlexp.losses.regularizers import Regularization
 from dlexp.nets.gans import GAN
-from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory
+from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, training_batches
+from dlexp.tasks.guard import all_finite, check_on_nan
+
+
+def _spectral(module: torch.nn.Module) -> bool:
+    return any("parametrizations.weight" in name for name, _ in module.named_parameters())
 
 
 class AdversarialTask(pl.LightningModule):
@@ -34,10 +39,16 @@ class AdversarialTask(pl.LightningModule):
         label_smoothing: float = 0.0,
         instance_noise: float = 0.0,
         n_samples: int = 64,
+        on_nan: str = "stop",
     ) -> None:
         super().__init__()
+        check_on_nan(on_nan)
+        self.on_nan = on_nan
         if not isinstance(net, GAN):
             raise ValueError("the adversarial task needs a model with a generator and a discriminator")
+        if loss.wasserstein and not (loss.clip_value or loss.gp_weight or _spectral(net.discriminator)):
+            raise ValueError("a Wasserstein critic must be kept Lipschitz: set gan_loss.clip_value, use "
+                             "gan_loss=wasserstein_gp, or model.discriminator.spectral_norm=true")
         if n_critic < 1:
             raise ValueError(f"task.n_critic must be >= 1 (discriminator steps per generator step), got {n_critic}")
         if ema_decay is not None and not 0 < ema_decay < 1:
@@ -100,9 +111,10 @@ class AdversarialTask(pl.LightningModule):
             gp = gradient_penalty(D, real_in, fake_in, labels)
             self.log("train/gp", gp, on_step=True, on_epoch=True)
             d_loss = d_loss + self.loss.gp_weight * gp
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
+        if all_finite(self, self.on_nan, {"train/d_loss": d_loss}):
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
         self.untoggle_optimizer(opt_d)
         if self.loss.clip_value:  # WGAN: keep the critic K-Lipschitz by clamping its weights
             with torch.no_grad():
@@ -118,9 +130,10 @@ class AdversarialTask(pl.LightningModule):
             self.toggle_optimizer(opt_g)
             z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
             g_loss = self.loss.g_loss(D(self._noisy(G(z, labels), batch_idx), labels))
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            opt_g.step()
+            if all_finite(self, self.on_nan, {"train/g_loss": g_loss}):
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                opt_g.step()
             self.untoggle_optimizer(opt_g)
             self._update_ema()
             self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -148,10 +161,9 @@ class AdversarialTask(pl.LightningModule):
         optimizers = [make(self.net.generator, self.g_lr), make(self.net.discriminator, self.d_lr)]  # TTUR
         if self.scheduler_factory is None:
             return optimizers
-        batches = int(self.trainer.estimated_stepping_batches)  # manual optimization: this counts batches
-        epochs = max(1, self.trainer.max_epochs or 1)
-        schedules = [self.scheduler_factory(opt, max(1, steps), max(1, steps // epochs))
-                     for opt, steps in ((optimizers[0], batches // self.n_critic), (optimizers[1], batches))]
+        per_epoch, batches = training_batches(self.trainer)
+        schedules = [self.scheduler_factory(opt, max(1, steps // every), max(1, per_epoch // every))
+                     for opt, every, steps in ((optimizers[0], self.n_critic, batches), (optimizers[1], 1, batches))]
         return optimizers, schedules
 
     @torch.no_grad()

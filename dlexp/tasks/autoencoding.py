@@ -8,6 +8,7 @@ from torch import nn
 
 from dlexp.losses.regularizers import Regularization
 from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, configure
+from dlexp.tasks.guard import all_finite, check_on_nan
 
 NOISES = ("none", "gaussian", "masking")
 
@@ -27,8 +28,11 @@ class AutoencodingTask(pl.LightningModule):
         noise: str = "none",
         noise_level: float = 0.3,
         n_samples: int = 64,
+        on_nan: str = "stop",
     ) -> None:
         super().__init__()
+        check_on_nan(on_nan)
+        self.on_nan = on_nan
         if recon_loss not in ("bce", "mse"):
             raise ValueError(f"task.recon_loss must be bce or mse, got '{recon_loss}'")
         if recon_loss == "bce" and getattr(net, "output", None) != "sigmoid":
@@ -83,13 +87,14 @@ class AutoencodingTask(pl.LightningModule):
             self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self.model_step(batch[0], "train")
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        terms = {"train/loss": self.model_step(batch[0], "train")}
         if self.reg.has_penalty:
-            reg_loss = self.reg.penalty(self.net)
-            self.log("train/reg_loss", reg_loss, on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
-            loss = loss + reg_loss
-        return loss
+            terms["train/reg_loss"] = self.reg.penalty(self.net)
+            self.log("train/reg_loss", terms["train/reg_loss"], on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
+        if not all_finite(self, self.on_nan, terms):
+            return None  # Lightning skips backward and the optimizer step
+        return sum(terms.values())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.model_step(batch[0], "val")

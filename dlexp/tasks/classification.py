@@ -9,17 +9,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlexp.losses.regularizers import Regularization
+from dlexp.tasks.guard import all_finite, check_on_nan
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., dict]
+
+
+def training_batches(trainer: pl.Trainer) -> tuple[int, int]:
+    """(batches per epoch, batches in the whole run) from the datamodule and the trainer's limits.
+
+    Not trainer.estimated_stepping_batches: that iterates the train loader before a checkpoint's loader
+    state is restored, so a resumed run would start its epoch from the wrong batch.
+    """
+    per_epoch = len(trainer.datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    per_epoch = min(per_epoch, int(limit)) if isinstance(limit, int) else max(1, int(per_epoch * limit))
+    total = per_epoch * max(1, trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1)
+    if trainer.max_steps and trainer.max_steps > 0:
+        total = min(total, trainer.max_steps)
+    return per_epoch, total
 
 
 def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, scheduler: SchedulerFactory | None):
     """Lightning's optimizer config: the optimizer, with its schedule built for this run's length if any."""
     if scheduler is None:
         return optimizer
-    total = int(module.trainer.estimated_stepping_batches)
-    per_epoch = max(1, total // max(1, module.trainer.max_epochs or 1))
+    per_epoch, total = training_batches(module.trainer)
     return {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer, total, per_epoch)}
 
 
@@ -32,8 +47,11 @@ class ClassificationTask(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         regularization: Regularization | None = None,
+        on_nan: str = "stop",
     ) -> None:
         super().__init__()
+        check_on_nan(on_nan)
+        self.on_nan = on_nan
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.reg = regularization or Regularization()
@@ -52,13 +70,15 @@ class ClassificationTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, correct, n = self.model_step(batch, self.reg.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
+        terms = {"train/loss": loss}
         if self.reg.has_penalty:
-            reg_loss = self.reg.penalty(self.net)
-            self.log("train/reg_loss", reg_loss, on_step=True, on_epoch=True, batch_size=n)
-            loss = loss + reg_loss
-        return loss
+            terms["train/reg_loss"] = self.reg.penalty(self.net)
+        if not all_finite(self, self.on_nan, terms):
+            return None  # Lightning skips backward and the optimizer step
+        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
+        for name, value in terms.items():
+            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == "train/loss", batch_size=n)
+        return sum(terms.values())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.reg.apply_max_norm(self.net)
