@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ def load_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused, it holds objects that are not tensors or plain data "
-                              f"(nothing in it was run): {first}") from None
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            raise CheckpointError(f"{path}: refused: it would load {unsafe.group(1)}, not just tensors and plain "
+                                  "data (nothing in it was run)") from None
+        raise CheckpointError(f"{path}: refused: not a weights-only PyTorch checkpoint (foreign, truncated, or "
+                              "holding code; nothing in it was run)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or foreign): {first}") from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from dlexp.tasks.guard import NonFiniteLoss
@@ -36,13 +37,28 @@ def test_on_nan_stop_raises_before_the_update(make_cfg):
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
 
+class Changes(pl.Callback):
+    """Whether each training batch changed the weights."""
+
+    def __init__(self) -> None:
+        self.changed: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.changed.append(any(not torch.equal(a, p) for a, p in zip(self.before, pl_module.parameters())))
+
+
 def test_on_nan_skip_skips_only_that_batch(make_cfg):
-    """on_nan=skip: the poisoned batch makes no optimizer step, the others do, weights stay finite."""
-    parts = build(make_cfg("model=mlp", "trainer.limit_train_batches=3", "on_nan=skip"), "mlp")
+    """on_nan=skip: the poisoned batch changes no weight, the others do, weights stay finite."""
+    changes = Changes()
+    parts = build(make_cfg("model=mlp", "trainer.limit_train_batches=3", "on_nan=skip"), "mlp",
+                  extra_callbacks=[changes])
     task, trainer = parts["task"], parts["trainer"]
     poison(task.net, {1})
     trainer.fit(task, datamodule=parts["datamodule"])
-    assert trainer.global_step == 2  # 3 batches, one skipped
+    assert changes.changed == [True, False, True]
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
 
