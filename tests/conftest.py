@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from dlexp.config import compose
@@ -20,6 +21,15 @@ needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist",
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets on tiny batches: one intra-op thread is faster than waking a pool (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

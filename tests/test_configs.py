@@ -32,15 +32,6 @@ def names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on tiny batches: one intra-op thread is faster than waking a pool (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # a small, fast dataset for every test whose subject is not the dataset
 FAST = ["dataset=fake", "dataset.source.n_train=64", "dataset.source.n_test=16", "dataset.batch_size=8"]
 

@@ -24,15 +24,6 @@ from dlexp.train import build
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on tiny batches: one intra-op thread is faster than waking a pool (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 

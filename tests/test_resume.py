@@ -277,3 +277,21 @@ def test_sweep_interrupted_then_resumed(tmp_path):
     for job in ("0", "1", "2"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
     assert (sweep / "0" / "metrics.json").read_text() == before
+
+
+def test_write_failure_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path):
+    """A disk that refuses large writes (a 200 kB file-size limit stands in for a full disk): the checkpoint
+    write fails, the run exits 1 naming the OS error, metrics.json says failed, no partial checkpoint."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = subprocess.run([dlexp_bin(), "train", "trainer=debug", "logger=none"], cwd=tmp_path, capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300,
+                          env={**os.environ, "DLEXP_DATA_DIR": str(tmp_path / "data")})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "File too large" in proc.stderr
+    run_dir = new_run_dir(tmp_path, set())
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    assert not list((run_dir / "checkpoints").glob("*.ckpt")) and not list(run_dir.rglob(".*.tmp"))
