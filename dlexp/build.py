@@ -57,6 +57,8 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{model_name}: {e}") from None
     callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    # a best-checkpoint with nothing to monitor (GANs have no validation metric unless val/fid is on): none
+    callbacks = [c for c in callbacks if not (type(c) is pl.callbacks.ModelCheckpoint and c.monitor is None)]
     callbacks += [RunInfo(OmegaConf.to_container(cfg, resolve=True)), RNGState(), *(extra_callbacks or [])]
     purge = {"purge_step": tensorboard_purge_step} if tensorboard_purge_step is not None else {}
     loggers = [_make(f"logger.{k}", c, **(purge if "TensorBoard" in c.get("_target_", "") else {}))

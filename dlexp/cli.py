@@ -12,6 +12,7 @@ Config-driven deep-learning experiments: Hydra config groups composed into a PyT
 subcommands:
   train [-m] [overrides]   train, test and summarise one run (-m: a sweep over comma-separated values)
   resume RUN_DIR           continue a run (or a sweep's unfinished jobs) from its last checkpoint
+  eval RUN_DIR             test report of a classifier; FID/KID/IS/precision-recall of a GAN or VAE run
   sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate steps=8 single=true out=DIR)
   list [GROUP]             the choices of every config group (or of one) with a one-line description
 
@@ -159,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         from dlexp import resume
 
         return _guarded(lambda: resume.main(rest))
+    if command == "eval":
+        from dlexp import evaluate
+
+        if any(a in ("-h", "--help") for a in rest):
+            print(evaluate.USAGE)
+            return 0
+        return _guarded(lambda: evaluate.main(rest))
     if command == "sample":
         from dlexp import sample
 
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: dlexp list takes at most one GROUP", file=sys.stderr)
             return 2
         return list_groups(rest[0] if rest else None)
-    print(f"error: unknown subcommand '{command}'; use one of: train, resume, sample, list (dlexp --help)", file=sys.stderr)
+    print(f"error: unknown subcommand '{command}'; use one of: train, resume, eval, sample, list (dlexp --help)", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,1 @@
+"""Evaluation metrics: sample quality of generative runs."""

@@ -1,0 +1,80 @@
+"""A classifier's test report: accuracy, loss, per-class accuracy, confusion matrix, most confidently wrong images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def confusion_png(matrix: torch.Tensor, path: Path, cell: int = 28) -> torch.Tensor:
+    """Confusion-matrix heatmap (rows true, columns predicted) with counts, as a PNG; returns it (3, H, W)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from dlexp.io import atomic_write_bytes
+
+    k = matrix.shape[0]
+    margin = cell
+    size = margin + k * cell + 1
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    rows = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1)  # share of each true class
+    for i in range(k):
+        draw.text((4, margin + i * cell + cell // 3), str(i), fill="black")       # true class, left
+        draw.text((margin + i * cell + cell // 3, 4), str(i), fill="black")       # predicted class, top
+        for j in range(k):
+            shade = int(255 * (1 - float(rows[i, j])))
+            x0, y0 = margin + j * cell, margin + i * cell
+            draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=(shade, shade, 255), outline="grey")
+            draw.text((x0 + 3, y0 + cell // 3), str(int(matrix[i, j])), fill="white" if shade < 128 else "black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+def confusion_markdown(matrix: torch.Tensor) -> str:
+    k = matrix.shape[0]
+    lines = ["| true \\ predicted | " + " | ".join(str(j) for j in range(k)) + " | acc |",
+             "|---" * (k + 2) + "|"]
+    for i in range(k):
+        acc = float(matrix[i, i]) / max(1, int(matrix[i].sum()))
+        lines.append(f"| **{i}** | " + " | ".join(str(int(v)) for v in matrix[i]) + f" | {acc:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def evaluate_classifier(run_dir: Path, opts: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Test-set report of a classifier run (its best checkpoint)."""
+    from dlexp.callbacks.samples import denormalize, save_grid
+    from dlexp.evaluate import load_run
+    from dlexp.io import atomic_write_text
+
+    _, dm, net, _ = load_run(run_dir)
+    x, y = dm.splits["test"]
+    logits = torch.cat([net(dm.transform(chunk, training=False)) for chunk in x.split(opts.batch_size)])
+    probs = logits.softmax(dim=1)
+    predicted = probs.argmax(dim=1)
+    k = dm.num_classes
+    matrix = torch.zeros(k, k, dtype=torch.long)
+    matrix.index_put_((y, predicted), torch.ones_like(y), accumulate=True)
+    metrics: dict[str, Any] = {"eval/acc": float((predicted == y).double().mean()),
+                               "eval/loss": float(F.cross_entropy(logits, y)), "eval/n_test": len(y)}
+    for c in range(k):
+        metrics[f"eval/acc_class_{c}"] = float(matrix[c, c]) / max(1, int(matrix[c].sum()))
+    out = run_dir / "eval"
+    atomic_write_text(out / "confusion.md", confusion_markdown(matrix))
+    images = {"eval/confusion": confusion_png(matrix, out / "confusion.png")}
+    wrong = (predicted != y).nonzero().flatten()
+    if len(wrong):
+        worst = wrong[probs[wrong, predicted[wrong]].argsort(descending=True)[: opts.n_wrong]]
+        shown = denormalize(dm.transform(x[worst], training=False), dm.mean, dm.std)
+        images["eval/confidently_wrong"] = save_grid(shown, out / "confidently_wrong.png", nrow=8)
+        lines = [f"{i}: true {int(y[i])}, predicted {int(predicted[i])} with p={float(probs[i, predicted[i]]):.3f}"
+                 for i in worst.tolist()]
+        atomic_write_text(out / "confidently_wrong.txt", "\n".join(lines) + "\n")
+    return metrics, images
