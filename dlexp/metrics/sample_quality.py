@@ -61,8 +61,10 @@ def evaluate_generator(run_dir: Path, opts: Any) -> tuple[dict[str, Any], dict[s
     from dlexp.evaluate import load_run
     from dlexp.io import atomic_write_json
 
+    import yaml
+
+    extractor = make_extractor(opts, yaml.safe_load((run_dir / "config.yaml").read_text()).get("dataset", {}))
     config, dm, net, state = load_run(run_dir)
-    extractor = make_extractor(opts, config["dataset"])
     g = torch.Generator().manual_seed(opts.seed)
     test_x = dm.splits["test"][0]
     train_x = dm.splits["train"][0]

@@ -1,0 +1,122 @@
+"""Evaluation: the sample-quality formulas on known distributions, and `dlexp eval` end to end."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from conftest import run_dir_of
+from PIL import Image
+
+from dlexp.metrics.generative import frechet_distance, inception_score, kernel_inception_distance, precision_recall
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_between_gaussians_matches_the_closed_form():
+    """N(0, I) vs N(m, s^2 I) in d dims: |m|^2 + d (1 + s^2 - 2 s)."""
+    g = torch.Generator().manual_seed(1)
+    d, m, s = 4, 1.0, 2.0
+    a = torch.randn(40000, d, generator=g)
+    b = torch.randn(40000, d, generator=g) * s + m
+    expected = d * m**2 + d * (1 + s**2 - 2 * s)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
+
+
+def test_fid_rank_deficient_warns_and_stays_real():
+    """Fewer samples than dimensions: a warning, a finite real non-negative value, no crash."""
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(20, 64, generator=g), torch.randn(20, 64, generator=g)
+    with pytest.warns(UserWarning, match="rank-deficient"):
+        value = frechet_distance(a, b)
+    assert math.isfinite(value) and value >= 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kid_same_distribution_near_zero_with_std():
+    g = torch.Generator().manual_seed(3)
+    same = kernel_inception_distance(torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g))
+    apart = kernel_inception_distance(torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g) + 1)
+    assert abs(same[0]) < 3 * same[1] + 0.02 and same[1] > 0
+    assert apart[0] > 10 * (abs(same[0]) + same[1])
+
+
+def test_inception_score_between_one_and_the_class_count():
+    confident = torch.eye(10).repeat(20, 1)  # each sample certain, classes balanced: the maximum
+    assert inception_score(confident) == pytest.approx(10.0, rel=1e-6)
+    assert inception_score(torch.full((200, 10), 0.1)) == pytest.approx(1.0)
+    random_probs = torch.softmax(torch.randn(500, 10, generator=torch.Generator().manual_seed(4)), dim=1)
+    assert 1.0 <= inception_score(random_probs) <= 10.0
+
+
+def test_precision_recall_one_for_identical_sets_and_falling_as_they_separate():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 8, generator=g)
+    assert precision_recall(x, x) == (1.0, 1.0)
+    values = [precision_recall(x, x + shift) for shift in (0.5, 1.5, 10.0)]
+    precisions = [p for p, _ in values]
+    assert precisions == sorted(precisions, reverse=True) and precisions[-1] == 0.0
+    assert values[-1][1] == 0.0
+
+
+@pytest.mark.slow
+def test_eval_classifier_run(run_dlexp):
+    """dlexp eval on a classifier run: accuracy equal to the run's test/acc, per-class accuracy, confusion
+    matrix (PNG and markdown) and the most confidently wrong images, in eval/ and metrics.json."""
+    run = run_dlexp("train", "trainer.max_epochs=2", "logger=none")
+    run_dir = run_dir_of(run)
+    result = run_dlexp("eval", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert all(f"eval/acc_class_{c}" in metrics for c in range(10))
+    table = (run_dir / "eval" / "confusion.md").read_text()
+    assert table.count("\n| **") == 10
+    counts = sum(int(v) for line in table.splitlines()[2:] for v in line.split("|")[2:-2])
+    assert counts == metrics["eval/n_test"]
+    with Image.open(run_dir / "eval" / "confusion.png") as img:
+        img.verify()
+    assert (run_dir / "eval" / "confidently_wrong.png").exists()
+    bad = run_dlexp("eval", str(run_dir), "n_reel=10")
+    assert bad.returncode == 2 and "did you mean 'n_real'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_eval_gan_scores_with_protocol_and_training_lowers_fid(run_dlexp, tmp_path):
+    """dlexp eval on a GAN run writes every score with its protocol; a generator trained longer scores a lower
+    FID than an untrained one (same extractor, same samples sizes)."""
+    extractor = run_dir_of(run_dlexp("train", "trainer.max_epochs=3", "logger=none"))
+    runs = {}
+    for epochs in (0, 15):
+        run = run_dlexp("train", "model=dcgan", f"trainer.max_epochs={epochs}", "logger=none",
+                        "model.generator.width=32", "model.discriminator.width=32")
+        assert run.returncode == 0, run.stderr[-2000:]
+        runs[epochs] = run_dir_of(run)
+        result = run_dlexp("eval", str(runs[epochs]), f"extractor={extractor}", "n_fake=400")
+        assert result.returncode == 0, result.stderr[-2000:]
+    scores = {e: json.loads((d / "metrics.json").read_text()) for e, d in runs.items()}
+    for key in ("eval/fid", "eval/kid", "eval/kid_std", "eval/is", "eval/precision", "eval/recall",
+                "eval/fid_floor", "eval/n_real", "eval/n_fake", "eval/extractor_sha256", "eval/extractor_acc",
+                "eval/seed", "eval/real_split"):
+        assert key in scores[15], key
+    assert scores[15]["eval/fid"] < scores[0]["eval/fid"]
+    assert scores[15]["eval/fid_floor"] < scores[15]["eval/fid"]
+    assert 1.0 <= scores[15]["eval/is"] <= 10.0
+    protocol = json.loads((runs[15] / "eval" / "scores.json").read_text())["protocol"]
+    assert protocol["n_fake"] == 400 and protocol["extractor"] == str(extractor)
+
+
+def test_eval_inception_without_weights_says_how(run_dlexp, tmp_path):
+    """backbone=inception without local weights: one line saying how to provide them; nothing downloads."""
+    run_dir = tmp_path / "outputs" / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("task:\n  _target_: dlexp.tasks.adversarial.AdversarialTask\n")
+    result = run_dlexp("eval", str(run_dir), "backbone=inception")
+    assert result.returncode == 2 and "eval.weights=PATH" in result.stderr and "never downloads" in result.stderr
