@@ -1,4 +1,4 @@
-"""`dlexp train`: compose -> instantiate -> fit -> test -> summary. The only module besides cli.py that sees a DictConfig."""
+"""`dlexp train`: Hydra's entry, then build -> fit -> test -> metrics.json and summary, with the exit codes of C1."""
 from __future__ import annotations
 
 import logging
@@ -144,14 +144,14 @@ def _discard(run_dir: Path) -> None:
 def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path: Path | None = None,
                  stopper: Any = None) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json and TensorBoard hparams, print the summary."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
     trainer, task, datamodule = parts["trainer"], parts["task"], parts["datamodule"]
     n_params = sum(p.numel() for p in task.net.parameters())
     n_trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
     log.info("model %s: %s parameters (%s trainable); dataset %s: %s", parts["model_name"], f"{n_params:,}",
              f"{n_trainable:,}", datamodule.name, ", ".join(f"{k} {v}" for k, v in datamodule.sizes().items()))
-    import pytorch_lightning as pl
-    from pytorch_lightning.utilities.model_helpers import is_overridden
-
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if stopper is not None:
         stopper.check()

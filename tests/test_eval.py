@@ -121,3 +121,21 @@ def test_eval_inception_without_weights_says_how(run_dlexp, tmp_path):
     (run_dir / "config.yaml").write_text("task:\n  _target_: dlexp.tasks.adversarial.AdversarialTask\n")
     result = run_dlexp("eval", str(run_dir), "backbone=inception")
     assert result.returncode == 2 and "eval.weights=PATH" in result.stderr and "never downloads" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_inception_backbone_from_local_weights(run_dlexp, tmp_path):
+    """backbone=inception with a local torchvision inception_v3 state_dict (random weights here: nothing is
+    downloaded) gives the scores on 2048-d pool features, and records the weights' checksum."""
+    from torchvision.models import inception_v3
+
+    weights = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    run = run_dlexp("train", "model=dcgan", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=none")
+    run_dir = run_dir_of(run)
+    result = run_dlexp("eval", str(run_dir), "backbone=inception", f"weights={weights}", "n_real=8", "n_fake=8",
+                       "kid_subset_size=8", "batch_size=8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval/backbone"] == "inception" and len(metrics["eval/extractor_sha256"]) == 64
+    assert math.isfinite(metrics["eval/fid"]) and metrics["eval/fid"] >= 0

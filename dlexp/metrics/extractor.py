@@ -104,10 +104,13 @@ def cached_domain_extractor(dataset: dict[str, Any], cache_dir: Path, epochs: in
     command = [sys.executable, "-m", "dlexp", "train", "model=convnet", f"dataset={dataset['name']}", "seed=0",
                f"trainer.max_epochs={epochs}", "logger=none", f"paths.output_dir={folder}",
                *([f"paths.data_dir={data_dir}"] if data_dir else [])]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines or not lines[-1].startswith("run_dir: "):
-        raise ConfigError(f"eval: training the feature classifier failed (exit {done.returncode}); run "
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:  # show its progress (on stderr: stdout is eval's report)
+            print(f"  {line}", end="", file=sys.stderr, flush=True)
+            lines.append(line.strip())
+    if child.returncode != 0 or not lines or not lines[-1].startswith("run_dir: "):
+        raise ConfigError(f"eval: training the feature classifier failed (exit {child.returncode}); run "
                           f"`{' '.join(command[2:])}` to see why, or give eval.extractor=RUN_DIR")
     run_dir = Path(lines[-1].removeprefix("run_dir: "))
     from dlexp.io import atomic_write_json
