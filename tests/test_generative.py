@@ -745,3 +745,12 @@ def test_linear_autoencoder_on_points3d_learns_the_pca_plane(make_cfg):
     basis, _ = torch.linalg.qr(task.net.decoder[0].weight.detach().double())  # (3, 2) column space
     cosines = torch.linalg.svdvals(basis.T @ eigenvectors[:, 1:])  # principal angles to the top-2 plane
     assert float(cosines.min()) > 0.99
+
+
+def test_autoencoder_trains_under_bf16_autocast(make_cfg):
+    """trainer.precision=bf16-mixed (the gpu trainer's setting): the reconstruction loss is computed in float32
+    outside autocast (CUDA refuses binary_cross_entropy under autocast) and stays finite."""
+    parts = build(make_cfg("model=vae", "trainer.precision=bf16-mixed"), "vae")
+    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    loss = parts["trainer"].callback_metrics["train/loss_epoch"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)

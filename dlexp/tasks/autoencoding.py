@@ -74,10 +74,12 @@ class AutoencodingTask(pl.LightningModule):
     def model_step(self, x: torch.Tensor, stage: str) -> torch.Tensor:
         source = self.corrupt(x) if stage == "train" and self.noise != "none" else x
         out, kl = self.reconstruct(source)
-        if self.recon_loss == "bce":
-            recon = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), x.clamp(0, 1), reduction="none")
-        else:
-            recon = F.mse_loss(out, x, reduction="none")
+        with torch.autocast(device_type=x.device.type, enabled=False):  # BCE is refused under autocast (bf16 GPU)
+            out, x32 = out.float(), x.float()
+            if self.recon_loss == "bce":
+                recon = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), x32.clamp(0, 1), reduction="none")
+            else:
+                recon = F.mse_loss(out, x32, reduction="none")
         recon = recon.flatten(1).sum(dim=1).mean()  # summed over pixels, mean over the batch
         loss = recon + self.beta * kl.mean()
         n = x.shape[0]
