@@ -54,6 +54,8 @@ common keys:
 Hydra's own flags work too: --cfg job prints the composed config, --info shows the search path.
 """
 
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
 DEFAULTS = {"dataset": "digits", "model": "convnet", "optimizer": "adam", "scheduler": "none",
             "regularizer": "none", "trainer": "cpu", "callbacks": "default", "logger": "tensorboard",
             "task": "classification", "gan_loss": "null"}
@@ -103,8 +105,10 @@ def train(args: list[str]) -> int:
                  if g not in ("hydra", "paths")]
         print(TRAIN_USAGE.format(groups="\n".join(lines)))
         return 0
-    overrides = [a for a in args if not a.startswith("-")]
-    flags = [a for a in args if a.startswith("-")]
+    overrides, flags = [], []
+    for i, arg in enumerate(args):
+        takes_value = i > 0 and args[i - 1] in HYDRA_VALUE_FLAGS and "=" not in arg  # e.g. --cfg job
+        (flags if arg.startswith("-") or takes_value else overrides).append(arg)
     multirun = any(f in ("-m", "--multirun") for f in flags)
     from dlexp.config import ConfigError, check_overrides, check_writable
 
@@ -129,7 +133,7 @@ def train(args: list[str]) -> int:
     train_module.run(flags + overrides)
     if multirun and train_module.last_sweep_dir:
         print(f"multirun_dir: {train_module.last_sweep_dir}")
-    return 0
+    return 1 if train_module.failed_jobs else 0
 
 
 def _guarded(call) -> int:

@@ -47,6 +47,10 @@ def apply_overrides(cfg: Any, choices: dict[str, str], overrides: list[str]) -> 
         if key not in CHANGEABLE:
             raise ConfigError(f"cannot change {key} on resume: the resumed run would not be the one checkpointed; "
                               f"changeable: {', '.join(CHANGEABLE)}{did_you_mean(key, list(CHANGEABLE))}")
+        planned = str(OmegaConf.select(cfg, "scheduler._target_", default="")).rsplit(".", 1)[-1]
+        if key in ("trainer.max_epochs", "trainer.max_steps") and planned in ("cosine", "onecycle"):
+            raise ConfigError(f"cannot change {key} on resume: scheduler={planned} was planned over the run's "
+                              "original length")
         _check_type(key, current if current != "<missing>" else None, value)
         OmegaConf.update(cfg, key, value, merge=False)
         applied.append(o.input_line)
@@ -104,6 +108,7 @@ def resume_sweep(sweep_dir: Path, overrides: list[str]) -> int:
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
     jobs = [job for batch in batches for job in batch]
     dlexp = [sys.executable, "-m", "dlexp"]
+    failed = 0
     for num, job in enumerate(jobs):
         job_dir = sweep_dir / str(num)
         state = status(job_dir)
@@ -119,8 +124,9 @@ def resume_sweep(sweep_dir: Path, overrides: list[str]) -> int:
         code = subprocess.call(command)
         if code in (130, 143):  # interrupted again: the sweep stops, as it did the first time
             return code
+        failed += code != 0
     print(f"multirun_dir: {sweep_dir}")
-    return 0
+    return 1 if failed else 0
 
 
 def from_ckpt_path(value: str, output_dir: str, overrides: list[str]) -> int:

@@ -18,6 +18,7 @@ from dlexp.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("dlexp")
 last_sweep_dir: str | None = None  # read by cli.py to print multirun_dir
+failed_jobs = 0  # sweep jobs that failed (the sweep goes on; cli.py exits 1 at the end)
 
 
 def run(args: list[str]) -> int:
@@ -91,6 +92,8 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
             print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})",
                   file=sys.stderr)
             if multirun:
+                global failed_jobs
+                failed_jobs += 1
                 return None
             raise SystemExit(1)
     finally:
@@ -161,14 +164,14 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
         if k.startswith(("train/", "val/")) and not k.endswith("_step")
     }
     ckpt = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best by the monitored metric
-    best_path = ckpt.best_model_path if cfg.monitor and ckpt is not None and ckpt.best_model_path else None
+    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if is_overridden("test_step", task):  # GANs have no test metric of their own (see dlexp eval)
         test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
         metrics.update({k: float(v) for k, v in test_metrics.items()})
         if stopper is not None:
             stopper.check()
     if best_path and ckpt.best_model_score is not None:
-        metrics[f"{cfg.monitor}_best"] = float(ckpt.best_model_score)
+        metrics[f"{ckpt.monitor}_best"] = float(ckpt.best_model_score)
     metrics.update(params=n_params, epochs=trainer.current_epoch, global_step=trainer.global_step,
                    wall_s=round(time.time() - start, 2), status="completed")
     run_dir = Path(cfg.run_dir)
@@ -179,12 +182,16 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
         else:
             logger.log_hyperparams(_flat_hparams(cfg))
         logger.finalize("success")
-    _summary(cfg, parts, metrics, best_path)
+    _summary(ckpt.monitor if best_path else None, parts, metrics, best_path)
     return metrics
 
 
 def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / "metrics.json", dict(sorted(metrics.items())))
+    """Strict JSON: a non-finite value (a skipped NaN batch's epoch mean) is written as null."""
+    import math
+
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+    atomic_write_json(run_dir / "metrics.json", dict(sorted(clean.items())))
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -205,13 +212,13 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def _summary(cfg: DictConfig, parts: dict[str, Any], metrics: dict[str, Any], best_path: str | None) -> None:
-    monitor_best = metrics.get(f"{cfg.monitor}_best")
+def _summary(monitor: str | None, parts: dict[str, Any], metrics: dict[str, Any], best_path: str | None) -> None:
+    monitor_best = metrics.get(f"{monitor}_best")
     stage = "test/" if any(k.startswith("test/") for k in metrics) else "train/"  # GANs: last epoch's losses
     tests = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(stage))
     log.info("== summary ==")
     log.info("model %s on %s: %d epochs, %d steps, %.1f s", parts["model_name"], parts["datamodule"].name,
              metrics["epochs"], metrics["global_step"], metrics["wall_s"])
     if monitor_best is not None:
-        log.info("best %s %.4f (%s)", cfg.monitor, monitor_best, best_path)
+        log.info("best %s %.4f (%s)", monitor, monitor_best, best_path)
     log.info("%s", tests)

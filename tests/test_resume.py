@@ -295,3 +295,35 @@ def test_write_failure_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path)
     run_dir = new_run_dir(tmp_path, set())
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     assert not list((run_dir / "checkpoints").glob("*.ckpt")) and not list(run_dir.rglob(".*.tmp"))
+
+
+def test_step_checkpoint_on_the_last_batch_keeps_the_epoch_end_state(run_dlexp):
+    """every_n_train_steps firing on an epoch's last batch: last.ckpt still holds the state after validation,
+    so a resume gives the uninterrupted run's best checkpoint and test score."""
+    common = ("seed=3", "logger=none", "callbacks.checkpoint.every_n_train_steps=3", "trainer=debug")
+    full = run_dlexp("train", *common, "trainer.max_epochs=2")
+    first = run_dlexp("train", *common, "trainer.max_epochs=1")
+    run_dir = run_dir_of(first)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["val_acc_best"] > 0
+    again = run_dlexp("resume", str(run_dir), "trainer.max_epochs=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = json.loads((run_dir_of(full) / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val/acc_best", "test/acc", "test/loss", "global_step"):
+        assert a[key] == b[key], key
+
+
+def test_resume_refuses_a_longer_run_for_length_planned_schedules(run_dlexp):
+    """cosine and onecycle are planned over the run's length: trainer.max_epochs cannot change on resume."""
+    first = run_dlexp("train", "trainer=debug", "logger=none", "scheduler=onecycle")
+    refused = run_dlexp("resume", str(run_dir_of(first)), "trainer.max_epochs=3")
+    assert refused.returncode == 2 and "scheduler=onecycle was planned" in refused.stderr
+
+
+def test_sweep_with_a_failed_job_exits_1(run_dlexp, tmp_path):
+    """A sweep goes on past a failed job, which is recorded as failed, and the sweep exits 1."""
+    result = run_dlexp("train", "-m", "trainer=debug", "logger=none", "optimizer=sgd", "optimizer.lr=1e30,0.01")
+    assert result.returncode == 1
+    sweep = tmp_path / result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: ")
+    statuses = [json.loads((sweep / j / "metrics.json").read_text())["status"] for j in ("0", "1")]
+    assert statuses == ["failed", "completed"]

@@ -67,7 +67,7 @@ class StopOnSignal(pl.Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise RunInterrupted(signum)  # a second Ctrl-C: stop now (the last checkpoint stays the resume point)
         self.signum = signum
         log.info("received %s: stopping after this batch", signal.Signals(signum).name)
 
@@ -75,9 +75,17 @@ class StopOnSignal(pl.Callback):
         self.install()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
+        # on an epoch's last batch, let validation and the epoch's bookkeeping run first (on_train_epoch_end)
+        if self.signum is not None and batch_idx + 1 < trainer.num_training_batches:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.signum is not None:
-            trainer.save_checkpoint(self.last_checkpoint)
-            raise RunInterrupted(self.signum)
+            self._stop(trainer)
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.last_checkpoint)
+        raise RunInterrupted(self.signum)
 
     def check(self) -> None:
         """Outside the training loop (start-up, validation, test): stop now if a signal came."""
@@ -98,3 +106,13 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
                          every_n_train_steps=every_n_train_steps, enable_version_counter=False)
         self._every_n_epochs = 1  # and after every epoch as well
+
+    # the epoch-end save must happen even when the step trigger fired on the epoch's last batch: that save
+    # came before validation, and resuming from it would lose the epoch's validation (best score, patience)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_global_step_saved = -1
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_global_step_saved = -1
+        super().on_validation_end(trainer, pl_module)

@@ -111,7 +111,8 @@ class AdversarialTask(pl.LightningModule):
             gp = gradient_penalty(D, real_in, fake_in, labels)
             self.log("train/gp", gp, on_step=True, on_epoch=True)
             d_loss = d_loss + self.loss.gp_weight * gp
-        if all_finite(self, self.on_nan, {"train/d_loss": d_loss}):
+        d_finite = all_finite(self, self.on_nan, {"train/d_loss": d_loss})
+        if d_finite:
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.step()
@@ -120,10 +121,11 @@ class AdversarialTask(pl.LightningModule):
             with torch.no_grad():
                 for p in D.parameters():
                     p.clamp_(-self.loss.clip_value, self.loss.clip_value)
-        self.log_dict({"train/d_loss": d_loss, "train/d_real": self._report(d_real),
-                       "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True)
-        if self.loss.wasserstein:
-            self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True)
+        if d_finite:
+            self.log_dict({"train/d_loss": d_loss, "train/d_real": self._report(d_real),
+                           "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True)
+            if self.loss.wasserstein:
+                self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True)
 
         # generator step, once every n_critic batches
         if (batch_idx + 1) % self.n_critic == 0:
@@ -134,9 +136,9 @@ class AdversarialTask(pl.LightningModule):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()
+                self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
             self.untoggle_optimizer(opt_g)
             self._update_ema()
-            self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
         # each schedule advances with its own optimizer's steps: D every batch, G every n_critic batches
         schedulers = self.lr_schedulers()
         if schedulers:

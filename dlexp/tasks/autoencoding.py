@@ -71,7 +71,7 @@ class AutoencodingTask(pl.LightningModule):
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)  # KL(q(z|x) || N(0, I)), (B,)
         return self.net.decode(z), kl
 
-    def model_step(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+    def model_step(self, x: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
         source = self.corrupt(x) if stage == "train" and self.noise != "none" else x
         out, kl = self.reconstruct(source)
         with torch.autocast(device_type=x.device.type, enabled=False):  # BCE is refused under autocast (bf16 GPU)
@@ -81,28 +81,30 @@ class AutoencodingTask(pl.LightningModule):
             else:
                 recon = F.mse_loss(out, x32, reduction="none")
         recon = recon.flatten(1).sum(dim=1).mean()  # summed over pixels, mean over the batch
-        loss = recon + self.beta * kl.mean()
-        n = x.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n)
-        self.log(f"{stage}/recon_loss", recon, on_epoch=True, batch_size=n)
+        terms = {f"{stage}/loss": recon + self.beta * kl.mean(), f"{stage}/recon_loss": recon}
         if self.variational:
-            self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n)
-        return loss
+            terms[f"{stage}/kl"] = kl.mean()
+        return terms
+
+    def _log(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        for name, value in terms.items():
+            self.log(name, value, on_step=name in ("train/loss", "train/reg_loss"), on_epoch=True,
+                     prog_bar=name.endswith("/loss"), batch_size=n)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        terms = {"train/loss": self.model_step(batch[0], "train")}
+        terms = self.model_step(batch[0], "train")
         if self.reg.has_penalty:
             terms["train/reg_loss"] = self.reg.penalty(self.net)
-            self.log("train/reg_loss", terms["train/reg_loss"], on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
         if not all_finite(self, self.on_nan, terms):
-            return None  # Lightning skips backward and the optimizer step
-        return sum(terms.values())
+            return None  # Lightning skips backward and the optimizer step; nothing is logged
+        self._log(terms, batch[0].shape[0])
+        return terms["train/loss"] + terms.get("train/reg_loss", 0.0)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.model_step(batch[0], "val")
+        self._log(self.model_step(batch[0], "val"), batch[0].shape[0])
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.model_step(batch[0], "test")
+        self._log(self.model_step(batch[0], "test"), batch[0].shape[0])
 
     def configure_optimizers(self):
         return configure(self, self.optimizer_factory(params=self.parameters()), self.scheduler_factory)
