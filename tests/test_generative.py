@@ -663,10 +663,10 @@ def test_denoising_corrupts_the_input_and_keeps_the_clean_target(monkeypatch, no
     monkeypatch.setattr(task, "reconstruct", identity)
     x = torch.ones(32, 1, 28, 28)
     torch.manual_seed(2)
-    train_loss = float(task.model_step(x, "train"))
+    train_loss = float(task.model_step(x, "train")["train/loss"])
     assert train_loss == pytest.approx(expected, rel=0.05)
     assert not torch.equal(seen[0], x)
-    assert float(task.model_step(x, "val")) == 0.0 and seen[1] is x
+    assert float(task.model_step(x, "val")["val/loss"]) == 0.0 and seen[1] is x
 
 
 def test_invalid_autoencoding_settings_raise():
@@ -708,7 +708,7 @@ def test_kl_term_is_the_closed_form(monkeypatch):
     torch.testing.assert_close(kl, reference)
     torch.testing.assert_close(out, task.net.decode(MU))  # eval: z = mu
     recon = torch.nn.functional.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), x, reduction="none").flatten(1).sum(1)
-    torch.testing.assert_close(task.model_step(x, "val"), recon.mean() + 0.5 * kl.mean())
+    torch.testing.assert_close(task.model_step(x, "val")["val/loss"], recon.mean() + 0.5 * kl.mean())
 
 
 def test_vae_is_deterministic_in_eval_and_samples_in_training():
