@@ -14,6 +14,7 @@ subcommands:
   resume RUN_DIR           continue a run (or a sweep's unfinished jobs) from its last checkpoint
   eval RUN_DIR             test report of a classifier; FID/KID/IS/precision-recall of a GAN or VAE run
   sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate steps=8 single=true out=DIR)
+  compare SWEEP_DIR|RUN_DIR...  the runs' table, best first, and a PNG of their curves and samples
   list [GROUP]             the choices of every config group (or of one) with a one-line description
 
 examples:
@@ -21,6 +22,7 @@ examples:
   dlexp train model=mlp model.activation=elu optimizer=nesterov scheduler=exponential
   dlexp train dataset=fashion_mnist model=convnet trainer.max_epochs=2
   dlexp train -m optimizer=sgd,momentum,adam regularizer=none,l2
+  dlexp compare outputs/multirun/2026-11-22_10-40-00_d4e5f6   (metric=val/loss out=FILE.png)
   dlexp train model=wgan_gp dataset=mnist
   dlexp sample outputs/runs/2026-11-22_10-31-07_a1b2c3 n=64 mode=interpolate
   dlexp list model
@@ -129,11 +131,12 @@ def train(args: list[str]) -> int:
     if _gpu_present() and not any(o.split("=")[0].lstrip("+~") == "trainer" for o in overrides):
         overrides.append("trainer=gpu")  # cpu is the default only where no GPU is present
     from dlexp import train as train_module
+    from dlexp.sweep import SummaryCallback
 
     train_module.run(flags + overrides)
-    if multirun and train_module.last_sweep_dir:
-        print(f"multirun_dir: {train_module.last_sweep_dir}")
-    return 1 if train_module.failed_jobs else 0
+    if multirun and SummaryCallback.sweep_dir:
+        print(f"multirun_dir: {SummaryCallback.sweep_dir}")
+    return 1 if multirun and SummaryCallback.failed else 0
 
 
 def _guarded(call) -> int:
@@ -178,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
             print(sample.USAGE)
             return 0
         return _guarded(lambda: sample.main(rest))
+    if command == "compare":
+        from dlexp import compare
+
+        if not rest or any(a in ("-h", "--help") for a in rest):
+            print(compare.USAGE)
+            return 0 if rest else 2
+        return _guarded(lambda: compare.main(rest))
     if command == "list":
         if len(rest) > 1:
             print("error: dlexp list takes at most one GROUP", file=sys.stderr)
             return 2
         return list_groups(rest[0] if rest else None)
-    print(f"error: unknown subcommand '{command}'; use one of: train, resume, eval, sample, list (dlexp --help)", file=sys.stderr)
+    print(f"error: unknown subcommand '{command}'; use one of: train, resume, eval, sample, compare, list (dlexp --help)", file=sys.stderr)
     return 2
 
 

@@ -125,6 +125,9 @@ def resume_sweep(sweep_dir: Path, overrides: list[str]) -> int:
         if code in (130, 143):  # interrupted again: the sweep stops, as it did the first time
             return code
         failed += code != 0
+    from dlexp.sweep import to_markdown, write_summary
+
+    print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{to_markdown(write_summary(sweep_dir))}")
     print(f"multirun_dir: {sweep_dir}")
     return 1 if failed else 0
 

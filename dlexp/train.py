@@ -17,8 +17,6 @@ from dlexp.config import ConfigError, conf_dir, register_resolvers
 from dlexp.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("dlexp")
-last_sweep_dir: str | None = None  # read by cli.py to print multirun_dir
-failed_jobs = 0  # sweep jobs that failed (the sweep goes on; cli.py exits 1 at the end)
 
 
 def run(args: list[str]) -> int:
@@ -38,8 +36,6 @@ def task(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    global last_sweep_dir
-    last_sweep_dir = hydra_cfg.sweep.dir if multirun else None
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     return execute(cfg, Path(hydra_cfg.runtime.output_dir), choices, list(hydra_cfg.overrides.task), multirun)
 
@@ -66,10 +62,14 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
             purge = _logged_step(ckpt_path) if ckpt_path else None
             parts = build(cfg, choices.get("model", "?"), extra_callbacks=[stopper], tensorboard_purge_step=purge)
         except Exception as e:  # a config or data problem found before training
-            if ckpt_path is None:
-                _discard(run_dir)
             message = str(e) if isinstance(e, (ConfigError, DataNotFound)) else f"{type(e).__name__}: {e}"
             print(f"error: {message}", file=sys.stderr)
+            if multirun:  # one bad combination of a sweep: recorded as failed, the sweep goes on
+                atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
+                _write_metrics(run_dir, {"status": "failed", "error": message, "wall_s": _wall(start, previous)})
+                return None
+            if ckpt_path is None:
+                _discard(run_dir)
             raise SystemExit(2)
         if ckpt_path is None:
             config = {**OmegaConf.to_container(cfg, resolve=True), "choices": choices}
@@ -91,9 +91,7 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
                                      "wall_s": _wall(start, previous)})
             print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})",
                   file=sys.stderr)
-            if multirun:
-                global failed_jobs
-                failed_jobs += 1
+            if multirun:  # recorded as failed in metrics.json and the sweep summary; the sweep goes on
                 return None
             raise SystemExit(1)
     finally:
@@ -177,8 +175,8 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
     run_dir = Path(cfg.run_dir)
     _write_metrics(run_dir, metrics)
     for logger in parts["loggers"]:
-        if isinstance(logger, pl.loggers.TensorBoardLogger):  # hparams view with the final metrics
-            logger.log_hyperparams(_flat_hparams(cfg), {k: v for k, v in metrics.items() if isinstance(v, float)})
+        if isinstance(logger, pl.loggers.TensorBoardLogger):
+            _log_hparams_session(logger, _flat_hparams(cfg), metrics)
         else:
             logger.log_hyperparams(_flat_hparams(cfg))
         logger.finalize("success")
@@ -192,6 +190,22 @@ def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
     clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
     atomic_write_json(run_dir / "metrics.json", dict(sorted(clean.items())))
+
+
+def _log_hparams_session(logger: Any, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """This run as a session of TensorBoard's hparams view, with its final metrics as scalars.
+
+    Unlike Lightning's log_hyperparams, no per-run experiment summary: TensorBoard then builds the experiment from
+    every session under --logdir, so all runs of a sweep (with their different keys) show up in one table.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    best = {k: v for k, v in metrics.items() if k.endswith("_best") and isinstance(v, float)}
+    logger.log_metrics(best, step=metrics["global_step"])  # test/ and val/ are logged already, *_best is not
+    _, session_start, session_end = hparams(params, best)
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(session_start)
+    writer.add_summary(session_end)
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:

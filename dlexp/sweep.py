@@ -1,0 +1,142 @@
+"""Sweep summaries: one row per run (overrides, status, monitored metric, test metrics, epochs, wall time), best first.
+
+`SummaryCallback` is a Hydra callback (conf/hydra/default.yaml): after every job and at the end of a multirun it
+writes summary.csv and summary.md into the sweep directory, reading each job's own files, so it works the same
+whatever launcher ran the jobs (in this process, joblib workers, submitit/SLURM).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlexp.io import atomic_write_text
+
+FIXED = ["job", "overrides", "status", "monitor", "best"]
+TAIL = ["epochs", "wall_s"]
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One row of the table from a run directory's overrides.yaml, config.yaml and metrics.json."""
+    def load(name: str, parse) -> Any:
+        path = run_dir / name
+        return parse(path.read_text()) if path.is_file() else None
+
+    config = load("config.yaml", yaml.safe_load) or {}
+    metrics = load("metrics.json", json.loads) or {}
+    overrides = load("overrides.yaml", yaml.safe_load) or []
+    monitor = config.get("monitor")
+    best = metrics.get(f"{monitor}_best", metrics.get(monitor)) if monitor else None
+    row: dict[str, Any] = {
+        "job": run_dir.name, "overrides": " ".join(overrides), "status": metrics.get("status", "unfinished"),
+        "monitor": monitor or "", "best": best, "mode": config.get("monitor_mode", "max"),
+    }
+    row.update({k: v for k, v in metrics.items() if k.startswith("test/")})
+    row.update(epochs=metrics.get("epochs"), wall_s=metrics.get("wall_s"), run_dir=str(run_dir))
+    return row
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The numbered job directories of a sweep, in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first by each run's monitored metric and mode; runs without a value (failed, unfinished) last."""
+    def key(row: dict[str, Any]) -> tuple[int, float]:
+        best = row["best"]
+        if not isinstance(best, (int, float)) or not math.isfinite(best):
+            return 1, 0.0
+        return 0, -best if row["mode"] == "max" else best
+
+    return sorted(rows, key=key)  # stable: ties and valueless rows keep job order
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    tests = sorted({k for row in rows for k in row if k.startswith("test/")})
+    return FIXED + tests + TAIL
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}" if column == "wall_s" else f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """Overrides every run shares (the table shows only what differs)."""
+    sets = [row["overrides"].split() for row in rows]
+    return [o for o in sets[0] if all(o in s for s in sets[1:])] if len(sets) > 1 else []
+
+
+def label(row: dict[str, Any], common: list[str]) -> str:
+    """A run's overrides minus the shared ones: what distinguishes it in a table or a plot legend."""
+    return " ".join(o for o in row["overrides"].split() if o not in common) or "(defaults)"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = columns(rows)
+    common = common_overrides(rows)
+    lines = [f"all runs: {' '.join(common)}", ""] if common else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = [label(row, common) if c == "overrides" else _cell(row.get(c), c) for c in cols]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns(rows), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """(Re)write summary.csv and summary.md of a sweep from its job directories; returns the ranked rows."""
+    rows = rank([read_run(d) for d in job_dirs(sweep_dir)])
+    atomic_write_text(sweep_dir / "summary.csv", to_csv(rows))
+    atomic_write_text(sweep_dir / "summary.md", to_markdown(rows))
+    return rows
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency; this keeps `import dlexp.sweep` light in tools
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class SummaryCallback(Callback):
+    """Keeps summary.csv/.md of a sweep current after each job; at the end prints the table and counts failures."""
+
+    sweep_dir: Path | None = None  # read by cli.py (multirun_dir line and exit code) in the launching process
+    failed: int = 0
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        SummaryCallback.sweep_dir = Path(config.hydra.sweep.dir)
+        SummaryCallback.failed = 0
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # in the job's process: a stopped sweep keeps its table
+            sweep_dir = Path(HydraConfig.get().sweep.dir)
+            if sweep_dir.is_dir():
+                write_summary(sweep_dir)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        SummaryCallback.failed = sum(row["status"] != "completed" for row in rows)
+        print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{to_markdown(rows)}", flush=True)
