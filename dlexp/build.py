@@ -23,7 +23,8 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     import pytorch_lightning as pl
     import torch
 
-    from dlexp.callbacks.run_state import RNGState
+    from dlexp import ddp
+    from dlexp.callbacks.run_state import RNGState, WeightsAgreement
     from dlexp.callbacks.training import GradientClipping, RunInfo
     from dlexp.checkpoint import AtomicCheckpointIO
     from dlexp.transfer import load_matching
@@ -37,6 +38,14 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     net = net_from_config(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.model.get("init_from"):
         load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
+    if _channels_last(cfg):  # conv kernels and batches NHWC: faster convolutions on GPUs and with oneDNN on CPUs
+        net = net.to(memory_format=torch.channels_last)
+        datamodule.memory_format = torch.channels_last
+    if cfg.get("compile"):
+        for module in [getattr(net, "generator", None), getattr(net, "discriminator", None)]:
+            if module is not None:  # a GAN pair: the task calls its two nets, not the pair
+                module.compile()
+        net.compile()  # in place: state_dict keys (checkpoints) stay those of the plain net
     optimizer, scheduler = _make("optimizer", cfg.optimizer), _make("scheduler", cfg.scheduler)
     _dry_run(optimizer, scheduler)
     # _partial_: Hydra would turn objects passed as kwargs (the Regularization dataclass) into configs
@@ -59,7 +68,8 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     callbacks = [_make(f"callbacks.{k}", c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     # a best-checkpoint with nothing to monitor (GANs have no validation metric unless val/fid is on): none
     callbacks = [c for c in callbacks if not (type(c) is pl.callbacks.ModelCheckpoint and c.monitor is None)]
-    callbacks += [RunInfo(OmegaConf.to_container(cfg, resolve=True)), RNGState(), *(extra_callbacks or [])]
+    callbacks += [RunInfo(OmegaConf.to_container(cfg, resolve=True)), RNGState(), WeightsAgreement(),
+                  *(extra_callbacks or [])]
     purge = {"purge_step": tensorboard_purge_step} if tensorboard_purge_step is not None else {}
     loggers = [_make(f"logger.{k}", c, **(purge if "TensorBoard" in c.get("_target_", "") else {}))
                for k, c in (cfg.get("logger") or {}).items()]
@@ -74,6 +84,7 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     trainer = _make(
         "trainer",
         cfg.trainer,
+        strategy=ddp.strategy(cfg.trainer.get("strategy", "auto"), task, callbacks),
         gradient_clip_val=None,
         callbacks=callbacks,
         logger=loggers or False,
@@ -84,6 +95,15 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
         plugins=[AtomicCheckpointIO()],
     )
     return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
+
+
+def _channels_last(cfg: DictConfig) -> bool:
+    value = cfg.get("channels_last", False)
+    if value == "auto":
+        return str(cfg.trainer.get("accelerator")) in ("gpu", "cuda")
+    if not isinstance(value, bool):
+        raise ConfigError(f"channels_last must be true, false or auto, got '{value}'")
+    return value
 
 
 def net_from_config(model: dict[str, Any]) -> Any:

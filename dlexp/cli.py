@@ -133,6 +133,10 @@ def train(args: list[str]) -> int:
     from dlexp import train as train_module
     from dlexp.sweep import SummaryCallback
 
+    if multirun:
+        from dlexp import search
+
+        search.register()  # hydra/sweeper=optuna (hparams_search=...): dlexp's own Optuna sweeper
     train_module.run(flags + overrides)
     if multirun and SummaryCallback.sweep_dir:
         print(f"multirun_dir: {SummaryCallback.sweep_dir}")

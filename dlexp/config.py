@@ -43,7 +43,9 @@ def run_id() -> str:
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("dlexp_run_id"):
-        OmegaConf.register_new_resolver("dlexp_run_id", run_id)
+        # cached in the config: launchers that run jobs in other processes (joblib, submitit) resolve the sweep
+        # directory there from a copy of the launching config, and must find the same id
+        OmegaConf.register_new_resolver("dlexp_run_id", run_id, use_cache=True)
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -51,7 +53,7 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+def compose(overrides: list[str], config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
     """Compose the config as `dlexp train` would, with Hydra's compose API."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -59,7 +61,7 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
     register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     except HydraException as e:
         raise ConfigError(_first_line(str(e))) from None
 
@@ -70,9 +72,11 @@ def _first_line(message: str) -> str:
 
 
 def check_overrides(overrides: list[str]) -> DictConfig:
-    """Refuse unknown choices, unknown keys, values of the wrong type and missing required values.
+    """Refuse unknown choices, unknown keys, values of the wrong type, missing required values, a monitored
+    metric the run does not log and an optional integration that is not installed.
 
-    Sweep overrides (a,b,c) are checked choice by choice. Returns the config of the first job.
+    Sweep overrides (a,b,c) are checked choice by choice, intervals at both ends, and so is the search space of
+    an Optuna search (hydra.sweeper.params), before its first trial. Returns the config of the first job.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -82,10 +86,13 @@ def check_overrides(overrides: list[str]) -> DictConfig:
     except HydraException as e:
         raise ConfigError(f"cannot parse overrides: {_first_line(str(e))}") from None
     known = groups()
+    _check_installed(parsed)
     first: list[str] = []               # every override at its first value
     alternatives: list[tuple[int, str]] = []  # (position, override at another sweep value)
-    for i, o in enumerate(parsed):
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    given = {o.key_or_group for o in parsed}
+    for o in parsed + [o for o in _search_space(parsed, known) if o.key_or_group not in given]:
+        i = len(first)
+        values = _values(o)
         if o.key_or_group in known:
             for choice in (c for value in values for c in _choices(value)):
                 if choice not in known[o.key_or_group] and choice != "null":
@@ -100,6 +107,61 @@ def check_overrides(overrides: list[str]) -> DictConfig:
     configs = [_check_one(variant, known) for variant in [first] + [first[:i] + [line] + first[i + 1:]
                                                                    for i, line in alternatives]]
     return configs[0]
+
+
+def _values(o: Any) -> list[str]:
+    """The values of an override to check: each of a sweep's, both ends of an interval (Optuna samples between)."""
+    if o.is_interval_sweep():
+        ends = (o.value().start, o.value().end)  # Hydra parses interval(16, 128) as floats
+        return [str(int(v)) if float(v).is_integer() else str(v) for v in ends]
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+
+
+def _search_space(parsed: list[Any], known: dict[str, list[str]]) -> list[Any]:
+    """hydra.sweeper.params as overrides, when the command line picks a sweeper (hparams_search=optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [o.key_or_group for o in parsed]
+    if not any(k in ("hparams_search", "experiment") or k.startswith(("hydra/sweeper", "hydra.sweeper")) for k in keys):
+        return []
+    lines = [o.input_line for o in parsed
+             if not o.is_sweep_override() and (o.key_or_group in known or o.key_or_group.startswith("hydra"))]
+    cfg = compose(lines, return_hydra_config=True)
+    if cfg.hydra.sweeper.get("_target_") == "hydra_plugins.dlexp.OptunaSweeper" and not cfg.get("monitor"):
+        task = cfg.hydra.runtime.choices.get("task")
+        raise ConfigError(f"an Optuna search optimizes the run's monitored metric, and task '{task}' monitors none: "
+                          "set monitor=... and monitor_mode=min|max")
+    params = cfg.hydra.sweeper.get("params") or {}
+    try:
+        return OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    except Exception as e:
+        raise ConfigError(f"hydra.sweeper.params: {_first_line(str(e))}") from None
+
+
+# optional integrations: the override that uses one -> (module it needs, its pip package, the dlexp extra)
+OPTIONAL = {
+    "hparams_search": ("optuna", "optuna", "sweep"),
+    "hydra/sweeper=optuna": ("optuna", "optuna", "sweep"),
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "sweep"),
+    **{f"hydra/launcher={name}": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")
+       for name in ("slurm", "submitit_slurm", "submitit_local")},
+}
+
+
+def _check_installed(parsed: list[Any]) -> None:
+    """An optional integration that is not installed: one line naming the extra that brings it."""
+    for o in parsed:
+        value = o.get_value_element_as_str() if not o.is_sweep_override() else ""
+        need = OPTIONAL.get(f"{o.key_or_group}={value}") or (OPTIONAL.get(o.key_or_group) if value != "null" else None)
+        if need and not _installed(need[0]):
+            raise ConfigError(f"{o.input_line} needs {need[1]}, which is not installed: pip install 'dlexp[{need[2]}]'")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing too
+        return False
 
 
 def _choices(value: str) -> list[str]:
@@ -138,7 +200,31 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
     missing = _missing(cfg)
     if missing:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
+    _check_monitor(cfg)
     return cfg
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    """`monitor` must name a metric the run logs: one its task or callbacks declare in `logged_metrics`."""
+    from hydra._internal.utils import _locate
+
+    def declared(node: Any) -> tuple[str, ...] | None:
+        try:
+            return getattr(_locate(node._target_), "logged_metrics", None)
+        except Exception:  # a target that cannot be imported is reported when the run is built
+            return None
+
+    monitor = cfg.get("monitor")
+    task = cfg.get("task")
+    if not monitor or not isinstance(task, DictConfig) or "_target_" not in task or declared(task) is None:
+        return
+    names = set(declared(task))
+    for callback in (cfg.get("callbacks") or {}).values():
+        if isinstance(callback, DictConfig) and "_target_" in callback:
+            names |= set(declared(callback) or ())
+    if monitor not in names:
+        raise ConfigError(f"monitor '{monitor}' is not a metric this run logs{did_you_mean(monitor, sorted(names))}; "
+                          f"it logs: {', '.join(sorted(names))}")
 
 
 def check_writable(folder: Path) -> None:

@@ -104,7 +104,11 @@ def resume_sweep(sweep_dir: Path, overrides: list[str]) -> int:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    task_overrides = list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+    multirun = OmegaConf.load(sweep_dir / "multirun.yaml")
+    if "Optuna" in str(multirun.hydra.sweeper.get("_target_", "")):
+        raise ConfigError(f"{sweep_dir} is an Optuna search: run the same `dlexp train -m hparams_search=...` command "
+                          "with the same hydra.sweeper.storage and study_name to continue it (docs/sweeps.md)")
+    task_overrides = list(multirun.hydra.overrides.task)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
     jobs = [job for batch in batches for job in batch]
     dlexp = [sys.executable, "-m", "dlexp"]

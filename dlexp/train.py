@@ -1,6 +1,8 @@
 """`dlexp train`: Hydra's entry, then build -> fit -> test -> metrics.json and summary, with the exit codes of C1."""
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import shutil
 import sys
@@ -12,11 +14,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlexp import ddp
 from dlexp.build import build, net_from_config  # noqa: F401  (net_from_config: dlexp sample)
 from dlexp.config import ConfigError, conf_dir, register_resolvers
 from dlexp.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("dlexp")
+# exit in 0.2 s, not 1.4 s: the interpreter's last garbage collections would walk the million objects torch and
+# Lightning made (benchmarks/overhead.py). Frozen objects are still freed by refcount; only cycles alive at exit
+# are left to the OS, and nothing dlexp writes waits on them (files are closed, loggers finalised).
+atexit.register(gc.freeze)
 
 
 def run(args: list[str]) -> int:
@@ -24,7 +31,7 @@ def run(args: list[str]) -> int:
     import hydra
 
     register_resolvers()
-    sys.argv = ["dlexp train", *args]
+    sys.argv = ["dlexp train", *args, *ddp.rank_overrides()]  # a rank > 0 of torchrun/srun: scratch directories
     hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(task)()
     return 0
 
@@ -53,6 +60,9 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
     from dlexp.data.sources import DataNotFound
 
     _route_lightning_logs()
+    rank_zero = ddp.launcher_rank() == 0  # torchrun/srun start one dlexp per rank: global rank 0 writes and logs
+    if not rank_zero:
+        ddp.quiet_rank()
     start = time.time()
     previous = _read_metrics(run_dir) if ckpt_path else {}
     stopper = StopOnSignal(str(run_dir / "checkpoints" / "last.ckpt"))
@@ -71,24 +81,35 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
             if ckpt_path is None:
                 _discard(run_dir)
             raise SystemExit(2)
-        if ckpt_path is None:
+        if ckpt_path is None and rank_zero:
             config = {**OmegaConf.to_container(cfg, resolve=True), "choices": choices}
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
             atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
+        # DDP on one machine: the other local ranks get the same job (see dlexp/ddp.py)
+        job = {"config": OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)),
+               "model": choices.get("model", "?"), "ckpt_path": str(ckpt_path) if ckpt_path else None,
+               "purge_step": purge}
+
+        def fail(message: str) -> None:
+            _write_metrics(run_dir, {**previous, "status": "failed", "error": message,
+                                     "wall_s": _wall(start, previous)})
+
         try:
             stopper.check()
-            metrics = fit_and_test(cfg, parts, start - previous.get("wall_s", 0.0), ckpt_path, stopper)
+            with ddp.local_ranks(parts["trainer"], job, fail):
+                metrics = fit_and_test(cfg, parts, start - previous.get("wall_s", 0.0), ckpt_path, stopper)
         except (RunInterrupted, KeyboardInterrupt) as e:
             signum = getattr(e, "signum", signal.SIGINT)
-            _write_metrics(run_dir, {**previous, "status": "interrupted", "wall_s": _wall(start, previous),
-                                     "resume": f"dlexp resume {run_dir}"})
+            if rank_zero:
+                _write_metrics(run_dir, {**previous, "status": "interrupted", "wall_s": _wall(start, previous),
+                                         "resume": f"dlexp resume {run_dir}"})
             print(f"interrupted by {signal.Signals(signum).name}: resume with\n  dlexp resume {run_dir}",
                   file=sys.stderr)
             raise SystemExit(128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM; a sweep stops here too
         except Exception as e:
             log.debug("".join(traceback.format_exception(e)))
-            _write_metrics(run_dir, {**previous, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                     "wall_s": _wall(start, previous)})
+            if rank_zero:
+                fail(f"{type(e).__name__}: {e}")
             print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})",
                   file=sys.stderr)
             if multirun:  # recorded as failed in metrics.json and the sweep summary; the sweep goes on
@@ -96,8 +117,9 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
             raise SystemExit(1)
     finally:
         stopper.uninstall()
-    log.info("run_dir: %s", run_dir)
-    value = metrics.get(cfg.monitor) if cfg.monitor else None
+    if rank_zero:
+        log.info("run_dir: %s", run_dir)
+    value = metrics.get(f"{cfg.monitor}_best", metrics.get(cfg.monitor)) if cfg.monitor else None  # as summaries rank
     return float(value) if value is not None else None
 
 
@@ -148,6 +170,8 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
+    from dlexp.callbacks.run_state import WeightsAgreement
+
     trainer, task, datamodule = parts["trainer"], parts["task"], parts["datamodule"]
     n_params = sum(p.numel() for p in task.net.parameters())
     n_trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
@@ -156,6 +180,7 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if stopper is not None:
         stopper.check()
+    agreement = next((c.metrics for c in trainer.callbacks if isinstance(c, WeightsAgreement)), {})
     # epoch means under their plain names (train/loss_epoch -> train/loss); per-step values dropped
     metrics: dict[str, Any] = {
         k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
@@ -171,7 +196,9 @@ def fit_and_test(cfg: DictConfig, parts: dict[str, Any], start: float, ckpt_path
     if best_path and ckpt.best_model_score is not None:
         metrics[f"{ckpt.monitor}_best"] = float(ckpt.best_model_score)
     metrics.update(params=n_params, epochs=trainer.current_epoch, global_step=trainer.global_step,
-                   wall_s=round(time.time() - start, 2), status="completed")
+                   wall_s=round(time.time() - start, 2), status="completed", world_size=trainer.world_size, **agreement)
+    if not trainer.is_global_zero:  # DDP: rank 0 writes metrics.json, logs and the summary
+        return metrics
     run_dir = Path(cfg.run_dir)
     _write_metrics(run_dir, metrics)
     for logger in parts["loggers"]:

@@ -302,7 +302,7 @@ def test_freeze_keeps_frozen_tensors_and_batch_norm_stats_fixed(make_cfg):
         state["init"] = snapshot(parts["task"].net)
         state["modes"] = NormModes(parts["trainer"], parts["task"].net.features.layer1[1])
 
-    parts = run(make_cfg, *SMALL_CONVNET, "callbacks=freeze", "trainer.max_epochs=2", before_fit=before)
+    parts = run(make_cfg, *SMALL_CONVNET, "callbacks=freeze", "callbacks.freeze.cache=false", "trainer.max_epochs=2", before_fit=before)
     freeze = callback_of(parts["trainer"], Freeze)
     assert freeze.frozen_names == [f"net.features.layer1.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")]
     init, final = state["init"], snapshot(parts["task"].net)

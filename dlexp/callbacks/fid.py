@@ -48,4 +48,4 @@ class FIDMonitor(pl.Callback):
             fake = sample(z, labels)
         pl_module.train(was_training)
         features = self._extractor.run(denormalize(fake, dm.mean, dm.std))[0]
-        pl_module.log("val/fid", frechet_distance(self._real, features), on_epoch=True)
+        pl_module.log("val/fid", frechet_distance(self._real, features), on_epoch=True, sync_dist=True)

@@ -1,14 +1,18 @@
-"""What exact resumption and clean interruption need beyond Lightning: RNG states and signal handling."""
+"""What exact resumption and clean interruption need beyond Lightning: RNG states, signal handling, DDP checks."""
 from __future__ import annotations
 
 import logging
+import random
 import signal
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dlexp.checkpoint import rng_state, set_rng_state
+from dlexp.ddp import tensor_sha256, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +22,8 @@ class RNGState(pl.Callback):
 
     Restored at on_train_start, after everything that draws at start-up (model init) and before the
     first batch is augmented, so the resumed run draws exactly what the uninterrupted one drew.
+    Under DDP each rank draws from its own seed (seed + rank: its own noise, dropout and augmentation)
+    and the checkpoint holds every rank's states (rank_rng_states), each restored on its rank.
     """
 
     def __init__(self) -> None:
@@ -25,14 +31,52 @@ class RNGState(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["rng_state"] = rng_state()
+        if trainer.world_size > 1:  # every rank runs this hook; rank 0 writes the file
+            states: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, checkpoint["rng_state"])
+            checkpoint["rank_rng_states"] = states
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self._pending = checkpoint.get("rng_state")
+        ranks = checkpoint.get("rank_rng_states") or []
+        same_ranks = len(ranks) == trainer.world_size
+        self._pending = ranks[trainer.global_rank] if same_ranks else checkpoint.get("rng_state")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
             set_rng_state(self._pending)
             self._pending = None
+        elif trainer.world_size > 1:
+            seed = torch.initial_seed() + trainer.global_rank  # initial_seed: the run's seed, on every rank
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+
+
+class WeightsAgreement(pl.Callback):
+    """At the end of fit under DDP: every rank's weights digest, gathered and compared (`metrics` for metrics.json).
+
+    Buffers first become rank 0's, as DDP makes them before every forward (broadcast_buffers): BatchNorm
+    statistics of a GAN, which has no validation forward after its last training step, would otherwise keep
+    each rank's last update. Parameters are compared as trained: ranks that disagree are a synchronisation bug.
+    """
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size < 2:
+            return
+        for buffer in pl_module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+        state = pl_module.state_dict()
+        digests: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(digests, {k: tensor_sha256(v) for k, v in state.items()})
+        log.info("weights sha256 by rank: %s", " ".join(weights_digest(d) for d in digests))
+        differ = [k for k in state if len({d[k] for d in digests}) > 1]
+        if differ:
+            log.warning("DDP ranks ended with different weights: %s", ", ".join(differ))
+        self.metrics = {"ddp/weights_sha256": weights_digest(digests[trainer.global_rank]),
+                        "ddp/weights_identical": not differ}
 
 
 class RunInterrupted(Exception):
@@ -76,15 +120,22 @@ class StopOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         # on an epoch's last batch, let validation and the epoch's bookkeeping run first (on_train_epoch_end)
-        if self.signum is not None and batch_idx + 1 < trainer.num_training_batches:
+        if batch_idx + 1 < trainer.num_training_batches and self._stopping(trainer):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.signum is not None:
+        if self._stopping(trainer):
             self._stop(trainer)
 
+    def _stopping(self, trainer: pl.Trainer) -> bool:
+        """A signal came here or, under DDP, to any rank: then every rank stops after this same batch."""
+        stop = trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False)
+        if stop and self.signum is None:
+            self.signum = signal.SIGTERM  # another rank's signal (rank 0 reports the one it received)
+        return stop
+
     def _stop(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.last_checkpoint)
+        trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
         raise RunInterrupted(self.signum)
 
     def check(self) -> None:

@@ -65,12 +65,18 @@ class Freeze(pl.Callback):
     """Freeze parameters whose names match any regex; batch norm of frozen layers stays in eval mode.
 
     With unfreeze_at_epoch=N the parameters train again from epoch N (0-based). All parameters are in
-    the optimizer from the start; frozen ones simply get no gradient.
+    the optimizer from the start; frozen ones simply get no gradient. cache="auto" computes the outputs
+    of a frozen leading prefix once per sample and trains the rest on them when that gives the same
+    results (dlexp/cache.py; it logs why not otherwise); cache=False always runs the whole net.
     """
 
-    def __init__(self, patterns: list[str], unfreeze_at_epoch: int | None = None) -> None:
+    def __init__(self, patterns: list[str], unfreeze_at_epoch: int | None = None, cache: str | bool = "auto",
+                 cache_max_mb: float = 2048) -> None:
+        if cache not in ("auto", False):
+            raise ValueError(f"callbacks.freeze.cache must be auto or false, got {cache!r}")
         self.patterns = [re.compile(p) for p in patterns]
         self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.cache, self.cache_max_mb = cache, cache_max_mb
         self.frozen_names: list[str] = []
         self._frozen_norms: list[nn.Module] = []
 
@@ -88,6 +94,14 @@ class Freeze(pl.Callback):
             )
         self._set(pl_module, frozen=True)
         log.info("froze %d parameter tensors: %s", len(self.frozen_names), ", ".join(self.frozen_names))
+        if self.cache == "auto" and self.unfreeze_at_epoch is None:
+            from dlexp.cache import cache_frozen_prefix
+
+            frozen = [p for n, p in pl_module.named_parameters() if n in self.frozen_names]
+            cache_frozen_prefix(trainer, pl_module, frozen, self.cache_max_mb)
+        else:
+            log.info("frozen-prefix cache: off (%s)", "callbacks.freeze.cache=false" if self.cache is False else
+                     f"unfreeze_at_epoch={self.unfreeze_at_epoch}: the frozen layers train again later")
 
     def _set(self, pl_module: pl.LightningModule, frozen: bool) -> None:
         for m in self._frozen_norms:  # unfreezing: these batch norms train (and update their statistics) again
@@ -131,9 +145,12 @@ class ProgressBar(TQDMProgressBar):
             self.disable()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # read on every rank: under DDP this computes (syncs) the epoch means, which a read on rank 0 alone
+        # would do out of step with the other ranks' collectives
+        metrics = trainer.callback_metrics
         super().on_train_epoch_end(trainer, pl_module)
         if not self.is_enabled and trainer.is_global_zero:
-            shown = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
+            shown = {k.removesuffix("_epoch"): float(v) for k, v in metrics.items()
                      if not k.endswith("_step") and k != "train/loss"}
             log.info("epoch %d: %s", trainer.current_epoch,
                      "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))

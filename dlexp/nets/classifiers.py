@@ -104,6 +104,11 @@ class MLP(nn.Module):
             x = getattr(self, f"layer{i}")(x)
         return self.out(x)
 
+    def as_sequential(self) -> nn.Sequential:
+        """The forward as a chain of this net's own modules (shared): frozen-prefix caching splits it."""
+        layers = [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, self.n_hidden + 1)]
+        return nn.Sequential(OrderedDict([("flatten", nn.Flatten()), *layers, ("out", self.out)]))
+
 
 class LeNet5(nn.Module):
     """LeNet-5 for 28x28 input: conv6(5x5, pad 2) - maxpool - conv16(5x5) - maxpool - 120 - 84 - classes."""
@@ -118,6 +123,10 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))  # 28x28 -> (B, 16*5*5) -> logits
+
+    def as_sequential(self) -> nn.Sequential:
+        """The forward as a chain of this net's own modules (shared): frozen-prefix caching splits it."""
+        return nn.Sequential(*self.features, nn.Flatten(), *self.classifier)
 
 
 class ConvNet(nn.Module):
@@ -147,6 +156,11 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x).flatten(1)))  # 28x28 -> (B, 32*7*7) -> logits
+
+    def as_sequential(self) -> nn.Sequential:
+        """The forward as a chain of this net's own modules (shared): frozen-prefix caching splits it."""
+        return nn.Sequential(OrderedDict([*self.features.named_children(), ("flatten", nn.Flatten()),
+                                          ("dropout", self.dropout), ("fc", self.fc)]))
 
 
 VGG_STAGES = {11: [1, 1, 2, 2, 2], 13: [2, 2, 2, 2, 2], 16: [2, 2, 3, 3, 3], 19: [2, 2, 4, 4, 4]}
@@ -185,6 +199,10 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+    def as_sequential(self) -> nn.Sequential:
+        """The forward as a chain of this net's own modules (shared): frozen-prefix caching splits it."""
+        return nn.Sequential(*self.features, nn.Flatten(), *self.classifier)
 
 
 class BasicBlock(nn.Module):

@@ -25,6 +25,10 @@ class AdversarialTask(pl.LightningModule):
     Gradient clipping comes from the grad_clip callback, which applies to each network's step.
     """
 
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py); val/fid: callbacks=[...,fid]
+    logged_metrics = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/wasserstein", "train/gp",
+                      "val/fid")
+
     def __init__(
         self,
         net: GAN,
@@ -109,7 +113,7 @@ class AdversarialTask(pl.LightningModule):
         d_loss = self.loss.d_loss(d_real, d_fake, self.real_label)
         if self.loss.gp_weight:
             gp = gradient_penalty(D, real_in, fake_in, labels)
-            self.log("train/gp", gp, on_step=True, on_epoch=True)
+            self.log("train/gp", gp, on_step=True, on_epoch=True, sync_dist=True)
             d_loss = d_loss + self.loss.gp_weight * gp
         d_finite = all_finite(self, self.on_nan, {"train/d_loss": d_loss})
         if d_finite:
@@ -123,9 +127,11 @@ class AdversarialTask(pl.LightningModule):
                     p.clamp_(-self.loss.clip_value, self.loss.clip_value)
         if d_finite:
             self.log_dict({"train/d_loss": d_loss, "train/d_real": self._report(d_real),
-                           "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True)
+                           "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True,
+                          sync_dist=True)
             if self.loss.wasserstein:
-                self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True)
+                self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True,
+                         sync_dist=True)
 
         # generator step, once every n_critic batches
         if (batch_idx + 1) % self.n_critic == 0:
@@ -136,7 +142,7 @@ class AdversarialTask(pl.LightningModule):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()
-                self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True)
+                self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
             self.untoggle_optimizer(opt_g)
             self._update_ema()
         # each schedule advances with its own optimizer's steps: D every batch, G every n_critic batches

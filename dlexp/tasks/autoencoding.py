@@ -17,6 +17,11 @@ class AutoencodingTask(pl.LightningModule):
     """Loss per sample = reconstruction summed over pixels (+ beta * KL for a VAE); logged as stage/loss,
     stage/recon_loss and stage/kl. Denoising: the input is corrupted, the target stays clean."""
 
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py); kl: VAEs only; val/fid:
+    # callbacks=[...,fid]
+    logged_metrics = tuple(f"{stage}/{name}" for stage in ("train", "val", "test")
+                           for name in ("loss", "recon_loss", "kl")) + ("train/reg_loss", "val/fid")
+
     def __init__(
         self,
         net: nn.Module,
@@ -89,7 +94,7 @@ class AutoencodingTask(pl.LightningModule):
     def _log(self, terms: dict[str, torch.Tensor], n: int) -> None:
         for name, value in terms.items():
             self.log(name, value, on_step=name in ("train/loss", "train/reg_loss"), on_epoch=True,
-                     prog_bar=name.endswith("/loss"), batch_size=n)
+                     prog_bar=name.endswith("/loss"), batch_size=n, sync_dist=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         terms = self.model_step(batch[0], "train")

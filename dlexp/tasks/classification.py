@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlexp.cache import CachedPrefix
 from dlexp.losses.regularizers import Regularization
 from dlexp.tasks.guard import all_finite, check_on_nan
 
@@ -41,6 +42,10 @@ def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, sche
 class ClassificationTask(pl.LightningModule):
     """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
 
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py)
+    logged_metrics = ("train/loss", "train/acc", "train/reg_loss", "val/loss", "val/acc", "val/acc_best",
+                      "test/loss", "test/acc")
+
     def __init__(
         self,
         net: nn.Module,
@@ -56,6 +61,8 @@ class ClassificationTask(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.reg = regularization or Regularization()
         self.val_acc_best = 0.0
+        # set by the Freeze callback when a frozen prefix's outputs are cached: steps run only the rest
+        self.cached_prefix: CachedPrefix | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -63,7 +70,7 @@ class ClassificationTask(pl.LightningModule):
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float = 0.0):
         """Loss, number correct and batch size for one batch."""
         x, y = batch
-        logits = self.net(x)  # (B, classes)
+        logits = (self.cached_prefix.suffix if self.cached_prefix else self.net)(x)  # (B, classes)
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         correct = (logits.argmax(dim=1) == y).sum()
         return loss, correct, y.numel()
@@ -75,9 +82,11 @@ class ClassificationTask(pl.LightningModule):
             terms["train/reg_loss"] = self.reg.penalty(self.net)
         if not all_finite(self, self.on_nan, terms):
             return None  # Lightning skips backward and the optimizer step
-        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
+        # sync_dist: under DDP the epoch means cover every rank's batches (val and test run in full on each rank)
+        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         for name, value in terms.items():
-            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == "train/loss", batch_size=n)
+            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == "train/loss", batch_size=n,
+                     sync_dist=True)
         return sum(terms.values())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -85,19 +94,19 @@ class ClassificationTask(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, correct, n = self.model_step(batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("val/acc", correct / n, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/acc", correct / n, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.trainer.callback_metrics.get("val/acc")
         if acc is not None and not self.trainer.sanity_checking:
             self.val_acc_best = max(self.val_acc_best, float(acc))
-        self.log("val/acc_best", self.val_acc_best)
+        self.log("val/acc_best", self.val_acc_best, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, correct, n = self.model_step(batch)
-        self.log("test/loss", loss, on_epoch=True, batch_size=n)
-        self.log("test/acc", correct / n, on_epoch=True, batch_size=n)
+        self.log("test/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("test/acc", correct / n, on_epoch=True, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self):
         # every parameter goes to the optimizer; frozen ones (requires_grad False) get no grad and no update

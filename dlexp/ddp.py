@@ -1,0 +1,267 @@
+"""Multi-process DDP: rank 0 starts the other local ranks itself, so one run (or one sweep job) is one run directory.
+
+Lightning's own launcher re-runs the command line for ranks 1..N-1; under Hydra that re-runs a whole sweep in
+every child and points it at the wrong directory. Here rank 0 (the process Hydra runs the job in) starts
+`python -m dlexp.ddp` for local ranks 1..N-1 with LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT set, sets them in its own environment too, and hands each worker the job on stdin (the resolved
+config, the model name, the checkpoint to resume). With LOCAL_RANK in the environment Lightning's
+LightningEnvironment treats the processes as created externally and launches nothing. Workers build the
+same objects (dlexp.build.build) and run the same fit and test (dlexp.train.fit_and_test); only global rank 0
+writes files. Under torchrun or srun (Lightning detects TorchElastic / SLURM) every rank is a `dlexp train`
+of its own and nothing is started here.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+READY_TIMEOUT_S = 600.0  # a worker builds the same objects rank 0 already built: data loading, nets
+FINISH_TIMEOUT_S = 120.0  # workers end with rank 0 (their last collective is rank 0's); then they are killed
+FAILURE_GRACE_S = 30.0  # a dead worker makes rank 0's next collective fail; if rank 0 hangs instead, it is ended
+ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launcher_rank() -> int:
+    """This process's global rank when torchrun or srun started it (as Lightning detects them), else 0."""
+    if "GROUP_RANK" not in os.environ and "SLURM_NTASKS" not in os.environ:
+        return 0  # neither launcher: no need to import Lightning (seconds) before Hydra even starts
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return int(os.environ["RANK"])
+    if SLURMEnvironment.detect():
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
+def rank_overrides() -> list[str]:
+    """For a rank > 0 of torchrun/srun: Hydra's run and sweep directories in a temp folder, removed at exit
+    (rank 0 owns the real run directory; checkpoint paths come from rank 0 by broadcast)."""
+    rank = launcher_rank()
+    if rank == 0:
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"dlexp-rank{rank}-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
+
+
+def quiet_rank() -> None:
+    """A rank > 0 of torchrun/srun logs warnings only, to the console (rank 0 writes train.log)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.WARNING)
+
+
+def strategy(name: Any, task: Any, callbacks: list) -> Any:
+    """The trainer's strategy; `ddp` searches for unused parameters when a backward pass reaches only part of
+    the model: a GAN's two optimizers (each backward reaches one network) or frozen layers."""
+    from dlexp.callbacks.training import Freeze
+
+    partial = not task.automatic_optimization or any(isinstance(c, Freeze) for c in callbacks)
+    return "ddp_find_unused_parameters_true" if name == "ddp" and partial else name
+
+
+def _starts_ranks(trainer: Any) -> bool:
+    """True exactly where Lightning would re-run the command line: DDP's subprocess launcher, no external one."""
+    from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    return isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
+
+
+@contextlib.contextmanager
+def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) -> Iterator[None]:
+    """Around rank 0's fit and test: start local ranks 1..N-1 with `job` (config, model, ckpt_path, purge_step),
+    wait until they have built the run, and at the end wait for them (kill them if rank 0 failed).
+
+    A worker that fails makes rank 0's next collective fail (gloo: at once), so the run fails with exit 1; if
+    rank 0 still hangs after FAILURE_GRACE_S (a NCCL collective), `fail(message)` records it and rank 0 exits 1.
+    """
+    if not _starts_ranks(trainer):
+        yield
+        return
+    import torch.distributed
+
+    strategy = trainer.strategy
+    environment = strategy.cluster_environment
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    world_size = strategy.num_processes * strategy.num_nodes
+    os.environ.update(MASTER_ADDR=environment.main_address, MASTER_PORT=str(environment.main_port),
+                      NODE_RANK=str(environment.node_rank()), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    payload = json.dumps(job).encode()
+    workers: dict[int, subprocess.Popen] = {}
+    done = threading.Event()
+    try:
+        for local_rank in range(1, strategy.num_processes):
+            # own session: a Ctrl-C reaches rank 0 only, which stops every rank after the same batch (StopOnSignal)
+            env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+            worker = subprocess.Popen([sys.executable, "-m", "dlexp.ddp"], env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, start_new_session=True)
+            workers[local_rank] = worker
+            worker.stdin.write(payload)
+            worker.stdin.close()
+        for local_rank, worker in workers.items():
+            _wait_ready(local_rank, worker)
+        threading.Thread(target=_watch, args=(workers, done, fail), daemon=True).start()
+        yield
+    except BaseException:
+        done.set()
+        _stop(workers, grace=5.0)
+        failed = _failed(workers)
+        if failed:  # the root cause is the worker's (its error is on stderr above), not rank 0's broken connection
+            raise RuntimeError(failed) from None
+        raise
+    else:
+        done.set()
+        _stop(workers, grace=FINISH_TIMEOUT_S)
+        failed = _failed(workers)
+        if failed:
+            raise RuntimeError(failed)
+    finally:
+        for key, value in saved.items():  # the next job of a sweep starts from a clean environment
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # the next job of a sweep makes its own group
+
+
+def _wait_ready(local_rank: int, worker: subprocess.Popen) -> None:
+    """Block until the worker has built the run (one line on its stdout) or died (end of file)."""
+    timer = threading.Timer(READY_TIMEOUT_S, worker.kill)
+    timer.start()
+    try:
+        line = worker.stdout.readline()
+    finally:
+        timer.cancel()
+        worker.stdout.close()
+    if line.strip() != b"ready":
+        code = worker.wait()
+        raise RuntimeError(f"DDP rank {local_rank} failed before training (exit code {code}; its error is above)")
+
+
+def _watch(workers: dict[int, subprocess.Popen], done: threading.Event, fail: Callable[[str], None]) -> None:
+    """While rank 0 runs: a worker that died and a rank 0 that did not notice within the grace period end the run."""
+    failed_at = None
+    while not done.wait(1.0):
+        if failed_at is None and _failed(workers):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_S:
+            message = _failed(workers)
+            _stop(workers, grace=0.0)
+            fail(message)
+            print(f"error: run failed: {message}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+
+def _failed(workers: dict[int, subprocess.Popen]) -> str:
+    """'' while every worker runs or ended well, else what went wrong ('DDP rank 1 exited with code 1 ...')."""
+    import signal
+
+    codes = {r: w.poll() for r, w in workers.items()}
+    bad = [f"DDP rank {r} " + (f"was killed by {signal.Signals(-c).name}" if c < 0 else
+                               f"exited with code {c} (its error is above)")
+           for r, c in codes.items() if c not in (None, 0)]
+    return "; ".join(bad)
+
+
+def _stop(workers: dict[int, subprocess.Popen], grace: float) -> None:
+    """Wait up to `grace` seconds for the workers to end, then kill the rest (one stuck in a collective ignores
+    SIGTERM)."""
+    end = time.monotonic() + grace
+    for worker in workers.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=max(0.0, end - time.monotonic()))
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """sha256 of a tensor's bytes (any dtype, any device)."""
+    import torch
+
+    return hashlib.sha256(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def weights_digest(state_dict: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over a state_dict's names and tensor digests: equal digests, bitwise equal weights.
+
+    Values are tensors or their tensor_sha256 already."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        digest.update(name.encode())
+        digest.update((value if isinstance(value, str) else tensor_sha256(value)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _watch_parent() -> None:
+    """A worker ends when rank 0 is gone (killed, crashed), wherever it is blocked."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def worker_main() -> int:
+    """`python -m dlexp.ddp`, started by local_ranks: one local rank > 0 of rank 0's run; writes no file."""
+    import warnings
+
+    _watch_parent()
+    job = json.loads(sys.stdin.buffer.read())
+    ready = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the pipe to rank 0, for one line: "ready"
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else the worker prints goes to stderr
+    rank = os.environ["LOCAL_RANK"]
+    from pathlib import Path
+
+    import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import: quieted below)
+    from omegaconf import OmegaConf
+
+    warnings.simplefilter("ignore")  # rank 0 shows the same warnings and progress once
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from dlexp.build import build
+    from dlexp.callbacks.run_state import RunInterrupted, StopOnSignal
+    from dlexp.train import fit_and_test
+
+    cfg = OmegaConf.create(job["config"])
+    ckpt_path = Path(job["ckpt_path"]) if job["ckpt_path"] else None
+    stopper = StopOnSignal(str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt"))
+    try:
+        parts = build(cfg, job["model"], extra_callbacks=[stopper], tensorboard_purge_step=job["purge_step"])
+        ready.write("ready\n")
+        ready.close()
+        fit_and_test(cfg, parts, time.time(), ckpt_path, stopper)
+    except RunInterrupted:
+        return 0  # every rank stopped after the same batch; rank 0 wrote the checkpoint and reports it
+    except Exception as e:
+        print(f"error: DDP rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = worker_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a worker owns no file; skip the interpreter's teardown (seconds, with a process group)

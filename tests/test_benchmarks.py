@@ -1,0 +1,72 @@
+"""The benchmark scripts still run: each one's --quick mode, as a subprocess, prints its ratio lines and exits 0.
+
+Targets are not asserted (timings on a shared CI machine are noise); what must hold is that the scripts
+measure what they say: every ratio is a positive finite number, and the plain loops of overhead.py reach
+exactly dlexp's results (same net, data, order, seed and steps), so the comparison is like for like.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_quick(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"{script} --quick failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def ratio_lines(stdout: str) -> dict[str, str]:
+    """'ratio NAME: VALUE ...' lines as {NAME: rest}."""
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("ratio "):
+            name, _, rest = line.removeprefix("ratio ").partition(": ")
+            found[name] = rest
+    return found
+
+
+def assert_ratios(stdout: str, names: list[str]) -> None:
+    lines = ratio_lines(stdout)
+    assert set(names) <= set(lines), f"missing ratio lines {set(names) - set(lines)} in:\n{stdout}"
+    for name in names:
+        value = float(lines[name].split()[0])
+        assert math.isfinite(value) and value > 0, f"ratio {name}: {lines[name]}"
+        assert lines[name].split()[-1] in ("PASS", "FAIL") or "of target" in lines[name]
+
+
+@pytest.mark.slow
+def test_overhead_quick_prints_ratios_and_the_plain_loops_match_dlexp(tmp_path):
+    result = run_quick("overhead.py", tmp_path)
+    assert_ratios(result.stdout, ["convnet", "wgan_gp"])
+    agree = [line for line in result.stdout.splitlines() if line.startswith("results ")]
+    assert len(agree) == 2 and all(line.endswith("agree") for line in agree), result.stdout
+
+
+@pytest.mark.slow
+def test_data_path_quick_prints_its_ratio(tmp_path):
+    result = run_quick("data_path.py", tmp_path)
+    assert_ratios(result.stdout, ["data_path"])
+    assert "torchvision DataLoader" in result.stdout
+
+
+@pytest.mark.slow
+def test_startup_quick_prints_ratios_and_where_the_time_goes(tmp_path):
+    result = run_quick("startup.py", tmp_path)
+    assert_ratios(result.stdout, ["help", "list", "first_step (digits)"])
+    assert "imports: torch" in result.stdout and "imports: Lightning" in result.stdout
+
+
+@pytest.mark.slow
+def test_memory_quick_prints_peak_rss(tmp_path):
+    result = run_quick("memory.py", tmp_path)
+    assert_ratios(result.stdout, ["memory"])
+    peak = float(ratio_lines(result.stdout)["memory"].split("(")[1].split()[0])
+    assert 50 < peak < 100_000  # MB: a real process, measured in the unit the table says
