@@ -74,6 +74,22 @@ def torchvision_side(dm, root: Path, workers: int):
     return lambda: iter(loader)
 
 
+def one_thread(epoch):
+    """The same epoch with one intra-op thread: on a machine whose cores are busy with other work, waiting
+    for a second thread that is not running costs more than the whole-batch ops themselves."""
+    import torch
+
+    def run():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from epoch()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
 def timed_epoch(epoch) -> tuple[float, int, tuple]:
     """(seconds, batches, shape of the first batch) of one pass over an epoch's batches."""
     start, n, shape = time.perf_counter(), 0, None
@@ -90,7 +106,8 @@ def main() -> None:
     dm, dlexp_epoch = dlexp_side(dataset)
     with tempfile.TemporaryDirectory(prefix="dlexp-bench-") as tmp:
         sides = {"dlexp TensorBatches": dlexp_epoch, "torchvision DataLoader": torchvision_side(dm, Path(tmp), 0)}
-        if not args.quick:
+        if not args.quick:  # for reading the numbers: intra-op threads on a busy machine; worker processes
+            sides["dlexp TensorBatches, 1 thread"] = one_thread(dlexp_epoch)
             sides["torchvision, 2 workers"] = torchvision_side(dm, Path(tmp), 2)
         for epoch in sides.values():
             timed_epoch(epoch)  # warm-up: first-call allocations, worker start-up
@@ -112,6 +129,8 @@ def main() -> None:
           f"({machine()}; medians of {repeats})")
     print(table(["side", "dataset", "batches", "epoch s", "batches/s", "images/s", "x torchvision"], rows))
     print(f"ratio data_path: {ratio:.1f} (target >= {TARGET:.0f}) {verdict(ratio, TARGET, at_most=False)}")
+    if "dlexp TensorBatches, 1 thread" in rate:
+        print(f"(with one intra-op thread: {rate['dlexp TensorBatches, 1 thread'] / reference:.1f}x torchvision)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Overhead of `dlexp train` over a hand-written PyTorch loop: convnet, and WGAN-GP with n_critic 5.
 
-    python benchmarks/overhead.py            # Fashion-MNIST (digits when absent), ~3 min
+    python benchmarks/overhead.py            # Fashion-MNIST (digits when absent), ~3 min on 2 cores
     python benchmarks/overhead.py --quick    # digits, a few batches: checks the script works
 
 What is timed, and why: the whole command, as a user runs it, on both sides. dlexp is the installed
@@ -10,8 +10,9 @@ runner that trains as fast but starts 3 s later does cost 3 s. Both sides do the
 net class (dlexp.nets) built from the same composed config, the same tensors, split, batch order,
 seed and number of optimizer steps, validation each epoch, a checkpoint, the test (GANs: a sample
 grid), so their results must agree (printed as a check). dlexp runs with logger=none: the plain
-loop keeps no experiment log either (a row with dlexp's default TensorBoard logger is added in full
-mode). The sides alternate (A B A B) and medians are compared, so load from other processes hits both.
+loop keeps no experiment log either (--tensorboard adds a row with dlexp's default TensorBoard
+logger). The sides alternate (A B A B) and medians are compared, so load from other processes hits
+both; CPU time (user + system) is shown too, as it is less disturbed by other load than wall time.
 A probe callback (timing_probe.py) and the loop's own stamps split each wall time into start-up
 (command -> first training step) and fit (first step -> end of the last epoch), which gives images/s.
 """
@@ -30,7 +31,7 @@ TARGETS = {"convnet": 1.05, "wgan_gp": 1.10}  # issue 7: wall-time ratio dlexp /
 
 
 def cases(quick: bool) -> list[dict]:
-    """(name, dlexp overrides, extra settings) of each comparison."""
+    """Each comparison: its name, the dlexp overrides, and the result both sides must reach."""
     dataset = "digits" if quick or not fashion_available() else "fashion_mnist"
     # trainer=cpu: the plain loops run on the CPU, and dlexp would pick trainer=gpu where a GPU is present
     convnet = ["model=convnet", f"dataset={dataset}", "trainer=cpu", "trainer.max_epochs=1"]
@@ -104,12 +105,14 @@ def compare(case: dict, repeats: int, work: Path, with_tensorboard: bool) -> tup
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], repeats=2).parse_args()
-    repeats = args.repeats or (1 if args.quick else 2)
+    p = parser(__doc__.splitlines()[0], repeats=3)
+    p.add_argument("--tensorboard", action="store_true", help="also time dlexp with its default TensorBoard logger")
+    args = p.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
     rows, checks = [], []
     with tempfile.TemporaryDirectory(prefix="dlexp-bench-") as tmp:
         for case in cases(args.quick):
-            tensorboard = not args.quick and case["name"] == "convnet"
+            tensorboard = args.tensorboard and case["name"] == "convnet"
             case_rows, check = compare(case, repeats, Path(tmp), with_tensorboard=tensorboard)
             rows += case_rows
             checks.append(check)

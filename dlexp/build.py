@@ -94,6 +94,9 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
     )
+    if cfg.on_nan == "skip" and task.automatic_optimization and ddp.processes(trainer) > 1:
+        raise ConfigError(f"on_nan=skip cannot skip a batch of model '{model_name}' under DDP (every rank must run "
+                          "the backward pass; GANs can skip): use on_nan=stop")
     return {"datamodule": datamodule, "task": task, "trainer": trainer, "loggers": loggers, "model_name": model_name}
 
 

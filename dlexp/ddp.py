@@ -75,12 +75,20 @@ def strategy(name: Any, task: Any, callbacks: list) -> Any:
     return "ddp_find_unused_parameters_true" if name == "ddp" and partial else name
 
 
+def processes(trainer: Any) -> int:
+    """How many processes the trainer's strategy trains with (known before fit, unlike trainer.world_size)."""
+    strategy = trainer.strategy
+    return getattr(strategy, "num_processes", 1) * getattr(strategy, "num_nodes", 1)
+
+
 def _starts_ranks(trainer: Any) -> bool:
     """True exactly where Lightning would re-run the command line: DDP's subprocess launcher, no external one."""
     from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
     launcher = trainer.strategy.launcher
-    return isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        return False
+    return not launcher.cluster_environment.creates_processes_externally
 
 
 @contextlib.contextmanager
@@ -99,9 +107,8 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
     strategy = trainer.strategy
     environment = strategy.cluster_environment
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    world_size = strategy.num_processes * strategy.num_nodes
     os.environ.update(MASTER_ADDR=environment.main_address, MASTER_PORT=str(environment.main_port),
-                      NODE_RANK=str(environment.node_rank()), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+                      NODE_RANK=str(environment.node_rank()), WORLD_SIZE=str(processes(trainer)), LOCAL_RANK="0")
     payload = json.dumps(job).encode()
     workers: dict[int, subprocess.Popen] = {}
     done = threading.Event()
@@ -118,17 +125,16 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
             _wait_ready(local_rank, worker)
         threading.Thread(target=_watch, args=(workers, done, fail), daemon=True).start()
         yield
-    except BaseException:
+    except BaseException as e:
         done.set()
-        _stop(workers, grace=5.0)
-        failed = _failed(workers)
-        if failed:  # the root cause is the worker's (its error is on stderr above), not rank 0's broken connection
-            raise RuntimeError(failed) from None
+        killed = _stop(workers, grace=5.0)
+        failed = _failed({r: w for r, w in workers.items() if r not in killed})
+        if failed and _lost_connection(e):  # the root cause is the worker's, not rank 0's broken link to it
+            raise RuntimeError(failed) from e
         raise
     else:
         done.set()
-        _stop(workers, grace=FINISH_TIMEOUT_S)
-        failed = _failed(workers)
+        failed = _failed(workers, stuck=_stop(workers, grace=FINISH_TIMEOUT_S))
         if failed:
             raise RuntimeError(failed)
     finally:
@@ -139,6 +145,14 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
                 os.environ[key] = value
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # the next job of a sweep makes its own group
+
+
+def _lost_connection(error: BaseException) -> bool:
+    """rank 0's error is only that another rank went away (a gloo or NCCL transport error)."""
+    import torch.distributed
+
+    return isinstance(error, torch.distributed.DistError) or (
+        isinstance(error, RuntimeError) and any(word in str(error) for word in ("gloo", "NCCL", "Connection")))
 
 
 def _wait_ready(local_rank: int, worker: subprocess.Popen) -> None:
@@ -169,27 +183,36 @@ def _watch(workers: dict[int, subprocess.Popen], done: threading.Event, fail: Ca
             os._exit(1)
 
 
-def _failed(workers: dict[int, subprocess.Popen]) -> str:
-    """'' while every worker runs or ended well, else what went wrong ('DDP rank 1 exited with code 1 ...')."""
+def _failed(workers: dict[int, subprocess.Popen], stuck: list[int] = ()) -> str:
+    """'' while every worker runs or ended well, else what went wrong ('DDP rank 1 exited with code 1 ...');
+    `stuck`: ranks rank 0 had to kill at the end."""
     import signal
 
-    codes = {r: w.poll() for r, w in workers.items()}
-    bad = [f"DDP rank {r} " + (f"was killed by {signal.Signals(-c).name}" if c < 0 else
-                               f"exited with code {c} (its error is above)")
-           for r, c in codes.items() if c not in (None, 0)]
+    bad = []
+    for local_rank, worker in workers.items():
+        code = worker.poll()
+        if local_rank in stuck:
+            bad.append(f"DDP rank {local_rank} did not end with rank 0")
+        elif code is not None and code < 0:
+            bad.append(f"DDP rank {local_rank} was killed by {signal.Signals(-code).name}")
+        elif code:
+            bad.append(f"DDP rank {local_rank} exited with code {code} (its error is above)")
     return "; ".join(bad)
 
 
-def _stop(workers: dict[int, subprocess.Popen], grace: float) -> None:
+def _stop(workers: dict[int, subprocess.Popen], grace: float) -> list[int]:
     """Wait up to `grace` seconds for the workers to end, then kill the rest (one stuck in a collective ignores
-    SIGTERM)."""
+    SIGTERM); returns the ranks killed."""
     end = time.monotonic() + grace
-    for worker in workers.values():
+    killed = []
+    for local_rank, worker in workers.items():
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(timeout=max(0.0, end - time.monotonic()))
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+            killed.append(local_rank)
+    return killed
 
 
 def tensor_sha256(tensor: Any) -> str:
@@ -237,9 +260,10 @@ def worker_main() -> int:
     import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import: quieted below)
     from omegaconf import OmegaConf
 
-    warnings.simplefilter("ignore")  # rank 0 shows the same warnings and progress once
+    warnings.simplefilter("ignore")  # rank 0 shows the same warnings, progress and skipped batches once
+    logging.getLogger().setLevel(logging.ERROR)
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     from dlexp.build import build
     from dlexp.callbacks.run_state import RunInterrupted, StopOnSignal
     from dlexp.train import fit_and_test

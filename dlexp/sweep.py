@@ -128,14 +128,18 @@ class SummaryCallback(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # in the job's process: a stopped sweep keeps its table
+        from dlexp.ddp import launcher_rank
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN and launcher_rank() == 0:  # (torchrun/srun: rank 0 writes)  # in the job's process: a stopped sweep keeps its table
             sweep_dir = Path(HydraConfig.get().sweep.dir)
             if sweep_dir.is_dir():
                 write_summary(sweep_dir)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from dlexp.ddp import launcher_rank
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not sweep_dir.is_dir() or launcher_rank() > 0:  # other ranks of torchrun/srun hold no run files
             return
         rows = write_summary(sweep_dir)
         SummaryCallback.failed = sum(row["status"] != "completed" for row in rows)

@@ -20,7 +20,7 @@ from dlexp.config import ConfigError, conf_dir, register_resolvers
 from dlexp.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("dlexp")
-# exit in 0.2 s, not 1.4 s: the interpreter's last garbage collections would walk the million objects torch and
+# exit in 0.2 s, not 1.4 s: the interpreter's last garbage collections would walk the ~500,000 objects torch and
 # Lightning made (benchmarks/overhead.py). Frozen objects are still freed by refcount; only cycles alive at exit
 # are left to the OS, and nothing dlexp writes waits on them (files are closed, loggers finalised).
 atexit.register(gc.freeze)
@@ -103,15 +103,15 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
             if rank_zero:
                 _write_metrics(run_dir, {**previous, "status": "interrupted", "wall_s": _wall(start, previous),
                                          "resume": f"dlexp resume {run_dir}"})
-            print(f"interrupted by {signal.Signals(signum).name}: resume with\n  dlexp resume {run_dir}",
-                  file=sys.stderr)
+                print(f"interrupted by {signal.Signals(signum).name}: resume with\n  dlexp resume {run_dir}",
+                      file=sys.stderr)
             raise SystemExit(128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM; a sweep stops here too
         except Exception as e:
             log.debug("".join(traceback.format_exception(e)))
             if rank_zero:
                 fail(f"{type(e).__name__}: {e}")
-            print(f"error: run failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})",
-                  file=sys.stderr)
+            where = f"traceback in {run_dir / 'train.log'}" if rank_zero else f"DDP rank {ddp.launcher_rank()}"
+            print(f"error: run failed: {type(e).__name__}: {e} ({where})", file=sys.stderr)
             if multirun:  # recorded as failed in metrics.json and the sweep summary; the sweep goes on
                 return None
             raise SystemExit(1)

@@ -61,7 +61,10 @@ def test_data_path_quick_prints_its_ratio(tmp_path):
 def test_startup_quick_prints_ratios_and_where_the_time_goes(tmp_path):
     result = run_quick("startup.py", tmp_path)
     assert_ratios(result.stdout, ["help", "list", "first_step (digits)"])
-    assert "imports: torch" in result.stdout and "imports: Lightning" in result.stdout
+    phases = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
+              if line.count("|") == 3 and not line.startswith("|-")}
+    assert "python + import torch" in phases and "total: command -> first training step" in phases, result.stdout
+    assert all(float(phases[k]) > 0 for k in ("python + import torch", "total: command -> first training step"))
 
 
 @pytest.mark.slow

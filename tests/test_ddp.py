@@ -136,3 +136,12 @@ def test_ddp_worker_that_dies_fails_the_run(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "DDP rank 1 was killed by SIGKILL" in metrics["error"]
     assert "DDP rank 1 was killed by SIGKILL" in run.stderr.read()
+
+
+def test_ddp_refuses_on_nan_skip_for_automatic_optimization(run_dlexp, tmp_path):
+    """Lightning cannot skip a batch's backward under DDP: on_nan=skip with a classifier is a config error (exit 2,
+    no run directory), not a crash mid-run."""
+    result = run_dlexp("train", *TINY, "on_nan=skip")
+    assert result.returncode == 2
+    assert "on_nan=skip cannot skip a batch of model 'convnet' under DDP" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
