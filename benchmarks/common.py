@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 HERE = Path(__file__).resolve().parent
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion_available() -> bool:
-    """Fashion-MNIST where dlexp's dataset=fashion_mnist finds it without downloading (Debian's package)."""
+    """Whether `dlexp train dataset=fashion_mnist`, run in an empty folder, finds the files without downloading."""
+    from dlexp.data.sources import SYSTEM_DIRS, IdxDataset
+
     data_dir = os.environ.get("DLEXP_DATA_DIR")
-    folders = [FASHION_DIR] + ([Path(data_dir) / "FashionMNIST" / "raw", Path(data_dir) / "fashion-mnist"]
-                               if data_dir else [])
-    return any((f / "train-images-idx3-ubyte.gz").is_file() or (f / "train-images-idx3-ubyte").is_file()
-               for f in folders)
+    folders = IdxDataset("fashion_mnist", data_dir).candidates() if data_dir else [d / "fashion-mnist"
+                                                                                   for d in SYSTEM_DIRS]
+    return any((f / f"train-images-idx3-ubyte{gz}").is_file() for f in folders for gz in ("", ".gz"))
 
 
 def dlexp_command() -> list[str]:
@@ -120,7 +120,10 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     """A Markdown table with aligned columns (readable in a terminal, pasteable into README.md)."""
     cells = [[str(c) for c in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
 
 
@@ -137,4 +140,5 @@ def machine() -> str:
     import platform
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load:.2f}, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, load average {load:.2f}, Python {platform.python_version()}"

@@ -97,8 +97,8 @@ def compare(case: dict, repeats: int, work: Path, with_tensorboard: bool) -> tup
         ratio = wall / plain_wall
         target = TARGETS[name] if side == "dlexp" else None
         rows.append([name, side, f"{wall:.2f}", f"{startup:.2f}", f"{fit:.2f}", f"{images / fit:.0f}",
-                     f"{value:.4f}" if value is not None else "-", f"{cpu:.1f}", f"{cpu / plain_cpu:.3f}", f"{ratio:.3f}",
-                     f"<= {target}" if target else "", verdict(ratio, target) if target else ""])
+                     f"{value:.4f}" if value is not None else "-", f"{cpu:.1f}", f"{cpu / plain_cpu:.3f}",
+                     f"{ratio:.3f}", f"<= {target}" if target else "", verdict(ratio, target) if target else ""])
     same = all(v is not None and math.isclose(v, plain_value, rel_tol=1e-4, abs_tol=1e-4) for v in values.values())
     shown = ", ".join(f"{side} {v:.4f}" if v is not None else f"{side} -" for side, v in values.items())
     return rows, f"results {name} ({key}): {shown}: {'agree' if same else 'DIFFER: the sides did not do the same work'}"

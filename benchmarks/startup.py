@@ -79,7 +79,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dlexp-bench-") as tmp:
         work = Path(tmp)
         for name, cmd in (("help", ["--help"]), ("list", ["list"])):
-            wall = median([run([*dlexp, *cmd], cwd=work, env=env).check(f"dlexp {name}").wall_s for _ in range(repeats)])
+            wall = median([run([*dlexp, *cmd], cwd=work, env=env).check(f"dlexp {name}").wall_s
+                           for _ in range(repeats)])
             rows.append([f"dlexp {' '.join(cmd)}", f"{wall:.3f}", f"<= {TARGETS[name]}", verdict(wall, TARGETS[name])])
             lines.append(f"ratio {name}: {wall / TARGETS[name]:.2f} of target ({wall:.3f} s)")
         for dataset in ["digits"] + ([] if args.quick or not fashion_available() else ["fashion_mnist"]):

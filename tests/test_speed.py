@@ -63,6 +63,6 @@ def test_torch_compile_trains_to_the_same_weights(make_cfg):
 
 def test_speedrun_preset_composes_with_its_documented_choices(make_cfg):
     cfg = make_cfg("experiment=fashion_speedrun")
-    assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.flip and cfg.channels_last is True
-    assert cfg.scheduler._target_ == "dlexp.optim.onecycle" and cfg.regularizer.label_smoothing == 0.1
+    assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.batch_size == 256 and cfg.channels_last is True
+    assert cfg.scheduler._target_ == "dlexp.optim.onecycle" and cfg.optimizer._target_ == "torch.optim.AdamW"
     assert list(cfg.model.channels) == [16, 32, 64] and cfg.model.kernel_size == 3
