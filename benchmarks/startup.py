@@ -1,6 +1,6 @@
 """Start-up: `dlexp --help`, `dlexp list`, and the time from `dlexp train` to its first training step.
 
-    python benchmarks/startup.py            # ~1 min
+    python benchmarks/startup.py            # ~1.5 min
     python benchmarks/startup.py --quick    # one run of each: checks the script works
 
 Every time is the wall time of the installed console script, from just before the process starts.
