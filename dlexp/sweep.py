@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
 
 from dlexp.io import atomic_write_text
 
@@ -108,10 +109,6 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a dependency; this keeps `import dlexp.sweep` light in tools
-    Callback = object  # type: ignore[misc,assignment]
 
 
 class SummaryCallback(Callback):
