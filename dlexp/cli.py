@@ -13,7 +13,8 @@ subcommands:
   train [-m] [overrides]   train, test and summarise one run (-m: a sweep over comma-separated values)
   resume RUN_DIR           continue a run (or a sweep's unfinished jobs) from its last checkpoint
   eval RUN_DIR             test report of a classifier; FID/KID/IS/precision-recall of a GAN or VAE run
-  sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate steps=8 single=true out=DIR)
+  sample RUN_DIR [n=64]    images from a GAN or VAE run (seed=0 mode=grid|interpolate|latent_map steps=8 single=true
+                           out=DIR), or mode=codes: a plot of an autoencoder's 2-d codes
   compare SWEEP_DIR|RUN_DIR...  the runs' table, best first, and a PNG of their curves and samples
   list [GROUP]             the choices of every config group (or of one) with a one-line description
 
@@ -128,6 +129,9 @@ def train(args: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not multirun and _preset_sweep(overrides):
+        flags.append("-m")  # a sweep preset (experiment=optimizers) runs all of its jobs
+        multirun = True
     if _gpu_present() and not any(o.split("=")[0].lstrip("+~") == "trainer" for o in overrides):
         overrides.append("trainer=gpu")  # cpu is the default only where no GPU is present
     from dlexp import train as train_module
@@ -141,6 +145,20 @@ def train(args: list[str]) -> int:
     if multirun and SummaryCallback.sweep_dir:
         print(f"multirun_dir: {SummaryCallback.sweep_dir}")
     return 1 if multirun and SummaryCallback.failed else 0
+
+
+def _preset_sweep(overrides: list[str]) -> bool:
+    """The chosen experiment preset declares a sweep (hydra.sweeper.params) that the command line does not pin."""
+    if not any(o.partition("=")[0] == "experiment" for o in overrides):
+        return False
+    from dlexp.config import compose
+
+    params = compose(overrides, return_hydra_config=True).hydra.sweeper.get("params") or {}
+    pinned = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    sweeps = [key for key in params if key not in pinned]
+    if sweeps:
+        print(f"experiment sweeps {', '.join(sweeps)}: running it as a multirun (-m)", file=sys.stderr)
+    return bool(sweeps)
 
 
 def _guarded(call) -> int:

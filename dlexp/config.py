@@ -41,7 +41,15 @@ def run_id() -> str:
     return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
 
 
+def scaled(cpu: Any, full: Any, *, _root_: DictConfig) -> Any:
+    """`${scaled:CPU,FULL}` in an experiment preset: its CPU-friendly value, or the notes' full budget under
+    +scale=full (conf/scale/full.yaml)."""
+    return full if _root_.get("scale") == "full" else cpu
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("scaled"):
+        OmegaConf.register_new_resolver("scaled", scaled)
     if not OmegaConf.has_resolver("dlexp_run_id"):
         # cached in the config: launchers that run jobs in other processes (joblib, submitit) resolve the sweep
         # directory there from a copy of the launching config, and must find the same id

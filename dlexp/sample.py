@@ -1,8 +1,10 @@
-"""`dlexp sample RUN_DIR [n=64] [seed=0] [mode=grid|interpolate] [steps=8] [single=true] [out=DIR]`.
+"""`dlexp sample RUN_DIR [n=64] [seed=0] [mode=grid|interpolate|latent_map|codes] [steps=8] [single=true] [out=DIR]`.
 
 Draws images from a finished (or running) GAN or VAE run: its generator (the EMA copy when the run kept
 one) or its decoder applied to N(0, I) noise. `mode=interpolate` walks in a straight line between two
-random latent points, one strip of `steps` images per row.
+random latent points, one strip of `steps` images per row. `mode=latent_map` decodes a steps x steps grid
+over a 2-d latent space (at the N(0, 1) quantiles 5%..95%, the Keras book's VAE map). `mode=codes` plots the
+2-d codes of the test images of any autoencoder (the notes' linear AE as PCA), coloured by class.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from typing import Any
 
 from dlexp.config import ConfigError
 
-USAGE = "usage: dlexp sample RUN_DIR [n=64] [seed=0] [mode=grid|interpolate] [steps=8] [single=true] [out=DIR]"
+MODES = ("grid", "interpolate", "latent_map", "codes")
+USAGE = ("usage: dlexp sample RUN_DIR [n=64] [seed=0] [mode=grid|interpolate|latent_map|codes] [steps=8] "
+         "[single=true] [out=DIR]")
 DEFAULTS: dict[str, Any] = {"n": 64, "seed": 0, "mode": "grid", "steps": 8, "single": False, "out": None}
 
 
@@ -31,8 +35,8 @@ def parse(args: list[str]) -> tuple[Path, dict[str, Any]]:
                             else int(value) if key in ("n", "seed", "steps") else value)
         except ValueError:
             raise ConfigError(f"{key} expects an integer, got '{value}'") from None
-    if options["mode"] not in ("grid", "interpolate"):
-        raise ConfigError(f"mode must be grid or interpolate, got '{options['mode']}'")
+    if options["mode"] not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{options['mode']}'")
     if options["n"] < 1 or options["steps"] < 2:
         raise ConfigError("n must be >= 1 and steps >= 2")
     return run_dir, options
@@ -48,12 +52,55 @@ def latents(net: Any, options: dict[str, Any]):
         z = torch.randn(n, net.latent_dim, generator=g)
         labels = torch.arange(n) % classes if classes else None  # a conditional GAN: one class per column
         return z, labels, classes or 8
+    if options["mode"] == "latent_map":
+        if net.latent_dim != 2:
+            raise ConfigError(f"mode=latent_map needs a 2-d latent space; this run's has {net.latent_dim} dimensions")
+        side = options["steps"]
+        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
+        rows, cols = torch.meshgrid(q.flip(0), q, indexing="ij")  # z[1] up the rows, z[0] along the columns
+        return torch.stack([cols.flatten(), rows.flatten()], dim=1), None, side
     rows, steps = max(1, n // options["steps"]), options["steps"]
     z0, z1 = torch.randn(rows, net.latent_dim, generator=g), torch.randn(rows, net.latent_dim, generator=g)
     t = torch.linspace(0, 1, steps).view(1, steps, 1)
     z = (z0.unsqueeze(1) * (1 - t) + z1.unsqueeze(1) * t).flatten(0, 1)  # (rows * steps, latent)
     labels = (torch.arange(rows) % classes).repeat_interleave(steps) if classes else None
     return z, labels, steps
+
+
+def plot_codes(run_dir: Path, out: Path) -> Path:
+    """Scatter the 2-d codes of the run's test images (a VAE's posterior means), coloured by class."""
+    import torch
+
+    from dlexp.evaluate import load_run
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("mode=codes draws with matplotlib: pip install 'dlexp[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, datamodule, net, _ = load_run(run_dir)
+    if not hasattr(net, "encode"):
+        raise ConfigError(f"{run_dir} trained {type(net).__name__}, which has no encoder; mode=codes works on autoencoders")
+    x, y = datamodule.splits["test"]
+    with torch.no_grad():
+        codes = net.encode(datamodule.transform(x, training=False))
+    codes = (codes[0] if isinstance(codes, tuple) else codes).flatten(1)
+    if codes.shape[1] != 2:
+        raise ConfigError(f"mode=codes plots 2-d codes; this run's code has {codes.shape[1]} dimensions")
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    classes = config["dataset"]["num_classes"]
+    points = ax.scatter(codes[:, 0], codes[:, 1], c=y if classes > 1 else None, cmap="tab10", s=6)
+    if classes > 1:
+        fig.colorbar(points, ax=ax, label="class")
+    ax.set(xlabel="code 1", ylabel="code 2", title=f"{config['dataset']['name']} test set: 2-d codes")
+    path = out / "codes.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(args: list[str]) -> int:
@@ -66,6 +113,10 @@ def main(args: list[str]) -> int:
     from dlexp.transfer import checkpoint_file
 
     run_dir, options = parse(args)
+    out = Path(options["out"]) if options["out"] else run_dir / "samples"
+    if options["mode"] == "codes":
+        print(f"wrote {plot_codes(run_dir, out)}")
+        return 0
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     net = net_from_config(config["model"])
     if not hasattr(net, "sample"):
@@ -86,7 +137,6 @@ def main(args: list[str]) -> int:
     dataset = config["dataset"]
     images = denormalize(images, torch.tensor(dataset["mean"]).view(1, -1, 1, 1),
                          torch.tensor(dataset["std"]).view(1, -1, 1, 1))
-    out = Path(options["out"]) if options["out"] else run_dir / "samples"
     name = f"sample_{options['mode']}_n{len(images)}_seed{options['seed']}"
     save_grid(images, out / f"{name}.png", nrow)
     print(f"wrote {out / f'{name}.png'}")

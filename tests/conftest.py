@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import shutil
 import struct
 import subprocess
@@ -49,6 +50,23 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
+
+
+def write_cifar(data_dir: Path, n: int = 4, n_test: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+    """cifar-10-batches-py with data_batch_1..5 and test_batch; returns the concatenated train/test arrays."""
+    rng = np.random.default_rng(seed)
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        size = n_test if name == "test_batch" else n
+        x = rng.integers(0, 256, (size, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, size).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": y, b"data": x, b"filenames": []}, f)
+        xs.append(x)
+        ys.append(y)
+    return {"train_x": np.concatenate(xs[:5]), "train_y": np.concatenate(ys[:5]), "test_x": xs[5], "test_y": np.array(ys[5])}
 
 
 @pytest.fixture

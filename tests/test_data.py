@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_idx
+from conftest import write_cifar, write_idx
 from dlexp.data import sources
 from dlexp.data.augment import random_flip, random_translate
 from dlexp.data.datamodule import ImageDataModule, TensorBatches
@@ -265,23 +264,6 @@ def test_digits_image_size():
 
 
 # ---------------------------------------------------------------- CIFAR-10
-
-def write_cifar(data_dir: Path, n: int = 4, n_test: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
-    """cifar-10-batches-py with data_batch_1..5 and test_batch; returns the concatenated train/test arrays."""
-    rng = np.random.default_rng(seed)
-    folder = data_dir / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    xs, ys = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        size = n_test if name == "test_batch" else n
-        x = rng.integers(0, 256, (size, 3072), dtype=np.uint8)
-        y = rng.integers(0, 10, size).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": y, b"data": x, b"filenames": []}, f)
-        xs.append(x)
-        ys.append(y)
-    return {"train_x": np.concatenate(xs[:5]), "train_y": np.concatenate(ys[:5]), "test_x": xs[5], "test_y": np.array(ys[5])}
-
 
 def test_cifar10_reads_python_pickles(tmp_path):
     """Cifar10 concatenates the five batches in order and reshapes rows (R,G,B planes) to (N, 3, 32, 32)."""
