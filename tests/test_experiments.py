@@ -1,0 +1,117 @@
+"""The notes' experiment presets (conf/experiment/): each composes and runs a few batches, sweeps expand to the
+right jobs, +scale=full restores the notes' budget, and `dlexp list experiment` names each one's seed section."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_cifar
+from dlexp.config import compose, groups
+
+# preset -> the jobs its sweep runs (1: a single run)
+PRESETS = {
+    "dnn_mnist": 1, "bn_placement": 3, "activations": 5, "optimizers": 6, "regularizers": 5, "early_stopping": 1,
+    "grad_clipping": 2, "exp_decay": 1, "reuse_pretrain": 1, "reuse_freeze": 2, "softmax_fashion": 1,
+    "fnn_fashion": 1, "cnn_fashion": 1, "lenet5_mnist": 1, "vgg13_cifar10": 1, "resnet_cifar10": 1, "ae_pca": 1,
+    "ae_mnist": 1, "denoising_ae": 1, "vae_mnist": 1, "conv_vae": 1, "gan_mnist": 1, "dcgan_mnist": 1,
+    "dcgan_64": 1, "wgan_mnist": 1, "wgan_gp_mnist": 1, "lsgan_mnist": 1, "cgan_mnist": 1,
+}
+# a few batches of one epoch, on small fake copies of MNIST, Fashion-MNIST and CIFAR-10 in the test's data dir
+# presets that run the notes' own budget on a CPU in minutes: +scale=full leaves them as they are
+NOTES_BUDGET = {"ae_pca", "softmax_fashion", "fnn_fashion", "cnn_fashion"}
+DEBUG = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", "logger=none"]
+
+
+@pytest.fixture
+def data_dir(idx_dir):
+    write_cifar(idx_dir, n=20, n_test=10)
+    return idx_dir
+
+
+def summary(result) -> list[dict[str, str]]:
+    sweep = Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: "))
+    with (sweep / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_preset_is_listed_with_its_seed_section(run_dlexp):
+    assert set(groups()["experiment"]) >= set(PRESETS)
+    result = run_dlexp("list", "experiment")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    for name in PRESETS:
+        assert "seeds/00" in lines[name], f"{name}: no seed section in its description: {lines[name]}"
+
+
+@pytest.mark.slow
+def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
+    """All single-run presets in one multirun (one process): every job completes; the 2-d code and latent map
+    plots of ae_pca and conv_vae are drawn from their runs."""
+    single = [name for name, jobs in PRESETS.items() if jobs == 1]
+    result = run_dlexp("train", "-m", f"experiment={','.join(single)}", *DEBUG, timeout=900)
+    rows = summary(result)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(row["overrides"].removeprefix("experiment=") for row in rows) == sorted(single)
+    failed = [row["overrides"] for row in rows if row["status"] != "completed"]
+    assert not failed, failed
+    sweep = Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: "))
+    job = {row["overrides"].removeprefix("experiment="): sweep / row["job"] for row in rows}
+
+    codes = run_dlexp("sample", str(job["ae_pca"]), "mode=codes")
+    assert codes.returncode == 0, codes.stderr
+    assert Image.open(job["ae_pca"] / "samples" / "codes.png").size[0] > 100
+    grid = run_dlexp("sample", str(job["conv_vae"]), "mode=latent_map", "steps=5")
+    assert grid.returncode == 0, grid.stderr
+    png = job["conv_vae"] / "samples" / "sample_latent_map_n25_seed0.png"
+    assert Image.open(png).size[0] >= 5 * 28  # 5 x 5 decoded images
+    refused = run_dlexp("sample", str(job["vae_mnist"]), "mode=latent_map")
+    assert refused.returncode == 2 and "2-d latent" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name, jobs in PRESETS.items() if jobs > 1 and name != "reuse_freeze"])
+def test_sweep_presets_expand_to_their_jobs(run_dlexp, data_dir, name):
+    """`dlexp train experiment=NAME` (no -m) runs the preset's whole sweep, one row per value."""
+    result = run_dlexp("train", f"experiment={name}", *DEBUG, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running it as a multirun" in result.stderr
+    rows = summary(result)
+    assert len(rows) == PRESETS[name] and all(row["status"] == "completed" for row in rows)
+    assert len({row["overrides"] for row in rows}) == PRESETS[name]
+
+
+@pytest.mark.slow
+def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp, data_dir):
+    """The two-step reuse experiment: a 1-hidden-layer net, then its layer1 frozen in a deeper net (cache on/off)."""
+    first = run_dlexp("train", "experiment=reuse_pretrain", *DEBUG)
+    assert first.returncode == 0, first.stderr[-3000:]
+    source = first.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")
+    missing = run_dlexp("train", "experiment=reuse_freeze", *DEBUG)
+    assert missing.returncode == 2 and "model.init_from" in missing.stderr
+    result = run_dlexp("train", "experiment=reuse_freeze", f"model.init_from={source}", *DEBUG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary(result)
+    assert sorted(row["overrides"] for row in rows) == ["callbacks.freeze.cache=auto", "callbacks.freeze.cache=false"]
+    for row in rows:  # each job loaded the pretrained layer1 (weight and bias) and nothing else
+        log = (Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: ")) / row["job"] / "train.log")
+        assert "loaded 2 tensors (layer1.0.weight, layer1.0.bias)" in log.read_text()
+
+
+def test_pinning_the_swept_key_runs_one_job(run_dlexp, data_dir):
+    result = run_dlexp("train", "experiment=optimizers", "optimizer=adam", *DEBUG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("run_dir: ")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_scale_full_restores_the_notes_budget(name, tmp_path):
+    """+scale=full composes for every preset and restores the budget of those that shrink it on CPU."""
+    cpu = compose([f"experiment={name}", f"run_dir={tmp_path}"])
+    full = compose([f"experiment={name}", "+scale=full", f"run_dir={tmp_path}"])
+    assert full.scale == "full" and "scale" not in cpu
+    budget = lambda c: (c.trainer.max_epochs, c.trainer.limit_train_batches, c.dataset.batch_size)
+    assert (budget(cpu) == budget(full)) == (name in NOTES_BUDGET), f"{name}: cpu {budget(cpu)}, full {budget(full)}"
