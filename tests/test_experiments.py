@@ -32,9 +32,15 @@ def data_dir(idx_dir):
     return idx_dir
 
 
-def summary(result) -> list[dict[str, str]]:
-    sweep = Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: "))
-    with (sweep / "summary.csv").open() as f:
+def sweep_dir(result, cwd: Path) -> Path:
+    """The sweep directory named on the last line of a multirun's stdout (relative to the run's cwd)."""
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("multirun_dir: "), f"not a multirun: {last!r}\n{result.stderr[-3000:]}"
+    return cwd / last.removeprefix("multirun_dir: ")
+
+
+def summary(result, cwd: Path) -> list[dict[str, str]]:
+    with (sweep_dir(result, cwd) / "summary.csv").open() as f:
         return list(csv.DictReader(f))
 
 
@@ -53,13 +59,14 @@ def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
     plots of ae_pca and conv_vae are drawn from their runs."""
     single = [name for name, jobs in PRESETS.items() if jobs == 1]
     result = run_dlexp("train", "-m", f"experiment={','.join(single)}", *DEBUG, timeout=900)
-    rows = summary(result)
+    rows = summary(result, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(row["overrides"].removeprefix("experiment=") for row in rows) == sorted(single)
+    job = {row["overrides"].split()[0].removeprefix("experiment="): row["job"] for row in rows}
+    assert sorted(job) == sorted(single)
     failed = [row["overrides"] for row in rows if row["status"] != "completed"]
     assert not failed, failed
-    sweep = Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: "))
-    job = {row["overrides"].removeprefix("experiment="): sweep / row["job"] for row in rows}
+    sweep = sweep_dir(result, tmp_path)
+    job = {name: sweep / number for name, number in job.items()}
 
     codes = run_dlexp("sample", str(job["ae_pca"]), "mode=codes")
     assert codes.returncode == 0, codes.stderr
@@ -74,18 +81,18 @@ def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [name for name, jobs in PRESETS.items() if jobs > 1 and name != "reuse_freeze"])
-def test_sweep_presets_expand_to_their_jobs(run_dlexp, data_dir, name):
+def test_sweep_presets_expand_to_their_jobs(run_dlexp, data_dir, tmp_path, name):
     """`dlexp train experiment=NAME` (no -m) runs the preset's whole sweep, one row per value."""
     result = run_dlexp("train", f"experiment={name}", *DEBUG, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "running it as a multirun" in result.stderr
-    rows = summary(result)
+    rows = summary(result, tmp_path)
     assert len(rows) == PRESETS[name] and all(row["status"] == "completed" for row in rows)
     assert len({row["overrides"] for row in rows}) == PRESETS[name]
 
 
 @pytest.mark.slow
-def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp, data_dir):
+def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp, data_dir, tmp_path):
     """The two-step reuse experiment: a 1-hidden-layer net, then its layer1 frozen in a deeper net (cache on/off)."""
     first = run_dlexp("train", "experiment=reuse_pretrain", *DEBUG)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -94,10 +101,10 @@ def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp
     assert missing.returncode == 2 and "model.init_from" in missing.stderr
     result = run_dlexp("train", "experiment=reuse_freeze", f"model.init_from={source}", *DEBUG)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = summary(result)
+    rows = summary(result, tmp_path)
     assert sorted(row["overrides"] for row in rows) == ["callbacks.freeze.cache=auto", "callbacks.freeze.cache=false"]
     for row in rows:  # each job loaded the pretrained layer1 (weight and bias) and nothing else
-        log = (Path(result.stdout.strip().splitlines()[-1].removeprefix("multirun_dir: ")) / row["job"] / "train.log")
+        log = sweep_dir(result, tmp_path) / row["job"] / "train.log"
         assert "loaded 2 tensors (layer1.0.weight, layer1.0.bias)" in log.read_text()
 
 

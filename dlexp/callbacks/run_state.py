@@ -154,8 +154,11 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1 or null, got {every_n_train_steps}")
+        # save_on_train_epoch_end: every epoch even when validation runs only every N epochs (Lightning would
+        # then save only after validation)
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
-                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+                         every_n_train_steps=every_n_train_steps, enable_version_counter=False,
+                         save_on_train_epoch_end=True)
         self._every_n_epochs = 1  # and after every epoch as well
 
     # the epoch-end save must happen even when the step trigger fired on the epoch's last batch: that save
