@@ -205,7 +205,9 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
         if not o.is_delete():
             _check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
     cfg = compose(overrides)
-    missing = _missing(cfg)
+    # keys a preset lists under `required:` (a ??? in a preset cannot replace train.yaml's default: OmegaConf
+    # merges never overwrite with ???)
+    missing = _missing(cfg) + [key for key in cfg.get("required") or [] if OmegaConf.select(cfg, key) is None]
     if missing:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
     _check_monitor(cfg)
