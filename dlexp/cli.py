@@ -22,6 +22,7 @@ examples:
   dlexp train                                       convnet on the offline digits dataset
   dlexp train model=mlp model.activation=elu optimizer=nesterov scheduler=exponential
   dlexp train dataset=fashion_mnist model=convnet trainer.max_epochs=2
+  dlexp train experiment=optimizers                 one of the notes' experiments (dlexp list experiment)
   dlexp train -m optimizer=sgd,momentum,adam regularizer=none,l2
   dlexp compare outputs/multirun/2026-11-22_10-40-00_d4e5f6   (metric=val/loss out=FILE.png)
   dlexp train model=wgan_gp dataset=mnist
@@ -151,9 +152,12 @@ def _preset_sweep(overrides: list[str]) -> bool:
     """The chosen experiment preset declares a sweep (hydra.sweeper.params) that the command line does not pin."""
     if not any(o.partition("=")[0] == "experiment" for o in overrides):
         return False
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from dlexp.config import compose
 
-    params = compose(overrides, return_hydra_config=True).hydra.sweeper.get("params") or {}
+    single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+    params = compose(single, return_hydra_config=True).hydra.sweeper.get("params") or {}
     pinned = {o.partition("=")[0].lstrip("+~") for o in overrides}
     sweeps = [key for key in params if key not in pinned]
     if sweeps:

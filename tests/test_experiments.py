@@ -112,10 +112,18 @@ def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp
         assert cached == row["overrides"].lower().startswith("callbacks.freeze.cache=auto"), log[-2000:]
 
 
-def test_pinning_the_swept_key_runs_one_job(run_dlexp, data_dir):
+@pytest.mark.slow
+def test_pinning_or_crossing_the_swept_key(run_dlexp, data_dir, tmp_path):
+    """optimizer=adam pins the optimizers sweep to one plain run; seed=1,2 crosses a sweep preset with seeds."""
     result = run_dlexp("train", "experiment=optimizers", "optimizer=adam", *DEBUG)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("run_dir: ")
+    crossed = run_dlexp("train", "experiment=grad_clipping", "seed=1,2", *DEBUG)
+    assert crossed.returncode == 0, crossed.stderr[-3000:]
+    rows = summary(crossed, tmp_path)
+    swept = lambda row: " ".join(sorted(o for o in row["overrides"].split() if o.startswith(("callbacks.", "seed="))))
+    assert sorted(swept(row) for row in rows) == [
+        f"callbacks.grad_clip.algorithm={a} seed={s}" for a in ("norm", "value") for s in (1, 2)]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
