@@ -84,16 +84,17 @@ def plot_codes(run_dir: Path, out: Path) -> Path:
     if not hasattr(net, "encode"):
         raise ConfigError(f"{run_dir} trained {type(net).__name__}, which has no encoder; mode=codes works on autoencoders")
     x, y = datamodule.splits["test"]
-    with torch.no_grad():
-        codes = net.encode(datamodule.transform(x, training=False))
-    codes = (codes[0] if isinstance(codes, tuple) else codes).flatten(1)
+    with torch.no_grad():  # in chunks: a conv encoder's activations for 10,000 images would not fit
+        codes = [net.encode(datamodule.transform(chunk, training=False)) for chunk in x.split(1000)]
+    codes = torch.cat([c[0] if isinstance(c, tuple) else c for c in codes]).flatten(1)
     if codes.shape[1] != 2:
         raise ConfigError(f"mode=codes plots 2-d codes; this run's code has {codes.shape[1]} dimensions")
     fig, ax = plt.subplots(figsize=(5, 4.5))
     classes = config["dataset"]["num_classes"]
-    points = ax.scatter(codes[:, 0], codes[:, 1], c=y if classes > 1 else None, cmap="tab10", s=6)
     if classes > 1:
-        fig.colorbar(points, ax=ax, label="class")
+        fig.colorbar(ax.scatter(codes[:, 0], codes[:, 1], c=y, cmap="tab10", s=6), ax=ax, label="class")
+    else:
+        ax.scatter(codes[:, 0], codes[:, 1], s=6)
     ax.set(xlabel="code 1", ylabel="code 2", title=f"{config['dataset']['name']} test set: 2-d codes")
     path = out / "codes.png"
     path.parent.mkdir(parents=True, exist_ok=True)

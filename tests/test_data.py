@@ -179,6 +179,18 @@ def test_idx_dataset_with_idx_dir_fixture(idx_dir):
         assert data.train_y.shape == (200,) and int(data.train_y.max()) <= 9 and int(data.train_y.min()) >= 0
 
 
+def test_idx_dataset_resizes_on_loading(idx_dir):
+    """image_size=64 (the 64x64 DCGAN): uint8 images resized once; a constant image stays that constant."""
+    plain = IdxDataset("mnist", str(idx_dir), download=False)()
+    big = IdxDataset("mnist", str(idx_dir), download=False, image_size=64)()
+    assert big.train_x.shape == (200, 1, 64, 64) and big.train_x.dtype == torch.uint8
+    assert torch.equal(big.train_y, plain.train_y)
+    flat = sources._resize(torch.full((1, 1, 28, 28), 200, dtype=torch.uint8), 64)
+    assert flat.shape == (1, 1, 64, 64) and bool((flat == 200).all())
+    mean = lambda x: x.float().mean().item()
+    assert abs(mean(big.train_x) - mean(plain.train_x)) < 1.0  # bilinear keeps the brightness
+
+
 def test_idx_dataset_prefers_torchvision_layout(tmp_path):
     """With both <Name>/raw and a plain folder present, the torchvision layout (searched first) wins."""
     first, second = idx_arrays(seed=5), idx_arrays(seed=6)

@@ -75,6 +75,9 @@ def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
     assert grid.returncode == 0, grid.stderr
     png = job["conv_vae"] / "samples" / "sample_latent_map_n25_seed0.png"
     assert Image.open(png).size[0] >= 5 * 28  # 5 x 5 decoded images
+    vae_codes = run_dlexp("sample", str(job["conv_vae"]), "mode=codes")  # a VAE: its posterior means
+    assert vae_codes.returncode == 0, vae_codes.stderr
+    assert (job["conv_vae"] / "samples" / "codes.png").is_file()
     refused = run_dlexp("sample", str(job["vae_mnist"]), "mode=latent_map")
     assert refused.returncode == 2 and "2-d latent" in refused.stderr
 

@@ -45,9 +45,7 @@ class Digits:
 
     def __call__(self) -> ImageData:
         x, y = _load_digits()
-        x = torch.from_numpy(x).float().view(-1, 1, 8, 8) * (255.0 / 16.0)
-        x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
+        x = _resize(torch.from_numpy(x).float().view(-1, 1, 8, 8) * (255.0 / 16.0), self.image_size)
         y = torch.from_numpy(y).long()
         # fixed test split: the same 20% on every machine and every run
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
@@ -94,13 +92,24 @@ IDX_FILES = {
 IDX_NAMES = {"mnist": ("MNIST", "mnist"), "fashion_mnist": ("FashionMNIST", "fashion-mnist")}
 
 
-class IdxDataset:
-    """MNIST or Fashion-MNIST from IDX files: data dir, then system folders, then torchvision's download."""
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) pixel values 0-255 -> uint8 at size x size (bilinear), unchanged if already that size."""
+    if x.shape[-2:] == (size, size) and x.dtype == torch.uint8:
+        return x
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False) if x.shape[-1] != size else x
+    return x.round().clamp(0, 255).to(torch.uint8)
 
-    def __init__(self, name: str, data_dir: str = "data", download: bool = True) -> None:
+
+class IdxDataset:
+    """MNIST or Fashion-MNIST from IDX files: data dir, then system folders, then torchvision's download.
+
+    image_size other than 28 resizes the images once, on loading (e.g. 64 for the 64x64 DCGAN)."""
+
+    def __init__(self, name: str, data_dir: str = "data", download: bool = True, image_size: int = 28) -> None:
         if name not in IDX_NAMES:
             raise ValueError(f"IdxDataset name must be one of {', '.join(IDX_NAMES)}, got '{name}'")
         self.name, self.data_dir, self.download = name, Path(data_dir).expanduser(), download
+        self.image_size = image_size
 
     def candidates(self) -> list[Path]:
         """Folders searched in order: torchvision's layout, a plain folder, then system dataset folders."""
@@ -125,9 +134,8 @@ class IdxDataset:
 
     def _load(self, files: dict[str, Path]) -> ImageData:
         arrays = {k: torch.from_numpy(read_idx(p).copy()) for k, p in files.items()}
-        return ImageData(
-            arrays["train_x"].unsqueeze(1), arrays["train_y"].long(), arrays["test_x"].unsqueeze(1), arrays["test_y"].long()
-        )
+        return ImageData(_resize(arrays["train_x"].unsqueeze(1), self.image_size), arrays["train_y"].long(),
+                         _resize(arrays["test_x"].unsqueeze(1), self.image_size), arrays["test_y"].long())
 
     def _download(self) -> None:
         import torchvision
