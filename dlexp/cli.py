@@ -114,6 +114,10 @@ def train(args: list[str]) -> int:
         takes_value = i > 0 and args[i - 1] in HYDRA_VALUE_FLAGS and "=" not in arg  # e.g. --cfg job
         (flags if arg.startswith("-") or takes_value else overrides).append(arg)
     multirun = any(f in ("-m", "--multirun") for f in flags)
+    inspect = any(f in ("--cfg", "-c", "--info", "-i") for f in flags)  # Hydra prints, runs nothing
+    if multirun and inspect:
+        print("error: --cfg/--info show one job's config and cannot be combined with -m; drop -m", file=sys.stderr)
+        return 2
     from dlexp.config import ConfigError, check_overrides, check_writable
 
     ckpt = [o for o in overrides if o.partition("=")[0] == "ckpt_path"]
@@ -130,7 +134,7 @@ def train(args: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not multirun and _preset_sweep(overrides):
+    if not multirun and not inspect and _preset_sweep(overrides):
         flags.append("-m")  # a sweep preset (experiment=optimizers) runs all of its jobs
         multirun = True
     if _gpu_present() and not any(o.split("=")[0].lstrip("+~") == "trainer" for o in overrides):

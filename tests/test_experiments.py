@@ -137,3 +137,14 @@ def test_scale_full_restores_the_notes_budget(name, tmp_path):
     assert full.scale == "full" and "scale" not in cpu
     budget = lambda c: (c.trainer.max_epochs, c.trainer.limit_train_batches, c.dataset.batch_size)
     assert (budget(cpu) == budget(full)) == (name in NOTES_BUDGET), f"{name}: cpu {budget(cpu)}, full {budget(full)}"
+
+
+def test_cfg_prints_a_sweep_presets_config_and_refuses_multirun(run_dlexp):
+    """--cfg job on a sweep preset prints its (first job's) config instead of starting the sweep; -m --cfg is a
+    one-line error (Hydra itself would raise a traceback)."""
+    shown = run_dlexp("train", "experiment=optimizers", "+scale=full", "--cfg", "job", "--resolve")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "max_epochs: 40" in shown.stdout and "running it as a multirun" not in shown.stderr
+    refused = run_dlexp("train", "-m", "optimizer=sgd,adam", "--cfg", "job")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --cfg")
+    assert len(refused.stderr.strip().splitlines()) == 1
