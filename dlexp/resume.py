@@ -108,7 +108,9 @@ def resume_sweep(sweep_dir: Path, overrides: list[str]) -> int:
     if "Optuna" in str(multirun.hydra.sweeper.get("_target_", "")):
         raise ConfigError(f"{sweep_dir} is an Optuna search: run the same `dlexp train -m hparams_search=...` command "
                           "with the same hydra.sweeper.storage and study_name to continue it (docs/sweeps.md)")
-    task_overrides = list(multirun.hydra.overrides.task)
+    # the jobs as Hydra's basic sweeper made them: a preset's hydra.sweeper.params, then the command line's
+    params = [f"{key}={value}" for key, value in (multirun.hydra.sweeper.get("params") or {}).items()]
+    task_overrides = params + list(multirun.hydra.overrides.task)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
     jobs = [job for batch in batches for job in batch]
     dlexp = [sys.executable, "-m", "dlexp"]

@@ -148,3 +148,22 @@ def test_cfg_prints_a_sweep_presets_config_and_refuses_multirun(run_dlexp):
     refused = run_dlexp("train", "-m", "optimizer=sgd,adam", "--cfg", "job")
     assert refused.returncode == 2 and refused.stderr.startswith("error: --cfg")
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_resume_finishes_a_sweep_presets_missing_job(run_dlexp, data_dir, tmp_path):
+    """A preset's sweep (hydra.sweeper.params, not on the command line) stopped before its last job:
+    `dlexp resume SWEEP_DIR` knows the preset's jobs and runs only the missing one, with its swept value."""
+    import shutil
+
+    result = run_dlexp("train", "experiment=grad_clipping", *DEBUG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = sweep_dir(result, tmp_path)
+    swept = {row["job"]: row["overrides"].split()[0] for row in summary(result, tmp_path)}
+    shutil.rmtree(sweep / "1")  # as if the sweep was killed before job 1 started
+    resumed = run_dlexp("resume", str(sweep))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "job 0: completed, skipped" in resumed.stdout
+    rows = {row["job"]: row for row in summary(resumed, tmp_path)}
+    assert rows["1"]["status"] == "completed" and rows["1"]["overrides"].split()[0] == swept["1"]
+    assert "algorithm: norm" in (sweep / "1" / "config.yaml").read_text()
