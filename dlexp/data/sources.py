@@ -94,10 +94,9 @@ IDX_NAMES = {"mnist": ("MNIST", "mnist"), "fashion_mnist": ("FashionMNIST", "fas
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, C, H, W) pixel values 0-255 -> uint8 at size x size (bilinear), unchanged if already that size."""
-    if x.shape[-2:] == (size, size) and x.dtype == torch.uint8:
-        return x
-    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False) if x.shape[-1] != size else x
-    return x.round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    return x if x.dtype == torch.uint8 else x.round().clamp(0, 255).to(torch.uint8)
 
 
 class IdxDataset:
