@@ -19,9 +19,9 @@ PRESETS = {
     "ae_mnist": 1, "denoising_ae": 1, "vae_mnist": 1, "conv_vae": 1, "gan_mnist": 1, "dcgan_mnist": 1,
     "dcgan_64": 1, "wgan_mnist": 1, "wgan_gp_mnist": 1, "lsgan_mnist": 1, "cgan_mnist": 1,
 }
-# a few batches of one epoch, on small fake copies of MNIST, Fashion-MNIST and CIFAR-10 in the test's data dir
 # presets that run the notes' own budget on a CPU in minutes: +scale=full leaves them as they are
 NOTES_BUDGET = {"ae_pca", "softmax_fashion", "fnn_fashion", "cnn_fashion"}
+# a few batches of one epoch, on small fake copies of MNIST, Fashion-MNIST and CIFAR-10 in the test's data dir
 DEBUG = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "logger=none"]
 
