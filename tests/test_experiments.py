@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import write_cifar
+from conftest import run_dir_of, write_cifar
 from dlexp.config import compose, groups
 
 # preset -> the jobs its sweep runs (1: a single run)
@@ -99,7 +99,7 @@ def test_reuse_freeze_loads_layer1_and_runs_with_and_without_the_cache(run_dlexp
     """The two-step reuse experiment: a 1-hidden-layer net, then its layer1 frozen in a deeper net (cache on/off)."""
     first = run_dlexp("train", "experiment=reuse_pretrain", *DEBUG)
     assert first.returncode == 0, first.stderr[-3000:]
-    source = first.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")
+    source = run_dir_of(first)
     missing = run_dlexp("train", "experiment=reuse_freeze", *DEBUG)
     assert missing.returncode == 2 and "model.init_from" in missing.stderr
     result = run_dlexp("train", "experiment=reuse_freeze", f"model.init_from={source}", *DEBUG)
@@ -120,7 +120,7 @@ def test_pinning_or_crossing_the_swept_key(run_dlexp, data_dir, tmp_path):
     """optimizer=adam pins the optimizers sweep to one plain run; seed=1,2 crosses a sweep preset with seeds."""
     result = run_dlexp("train", "experiment=optimizers", "optimizer=adam", *DEBUG)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("run_dir: ")
+    assert (run_dir_of(result) / "metrics.json").is_file()  # one plain run, not a sweep
     crossed = run_dlexp("train", "experiment=grad_clipping", "seed=1,2", *DEBUG)
     assert crossed.returncode == 0, crossed.stderr[-3000:]
     rows = summary(crossed, tmp_path)
