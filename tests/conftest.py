@@ -49,7 +49,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:  # closed: Python 3.12 buffers gzip writes
+        f.write(data)
 
 
 def write_cifar(data_dir: Path, n: int = 4, n_test: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

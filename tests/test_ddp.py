@@ -19,7 +19,8 @@ from dlexp.data.datamodule import TensorBatches
 from dlexp.ddp import weights_digest
 
 pytestmark = pytest.mark.slow
-TINY = ("trainer=ddp", "trainer.devices=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+CPU_DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # 2 gloo processes, also beside a GPU
+TINY = (*CPU_DDP, "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2", "logger=none")
 
 
@@ -77,7 +78,7 @@ def test_ddp_classifier_two_processes_one_run_directory(run_dlexp, tmp_path):
     """convnet with 2 DDP processes: each rank trains on its half of every epoch, the ranks end with bitwise the
     same weights, and only rank 0 writes (one run directory, no stray files, no process left); `dlexp resume`
     continues it with 2 processes in the same directory."""
-    common = ("trainer=ddp", "trainer.devices=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+    common = (*CPU_DDP, "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
               "logger=none")
     result = run_dlexp("train", *common, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,7 +120,7 @@ def test_ddp_sweep_of_a_classifier_and_a_gan(run_dlexp, tmp_path):
 def test_ddp_worker_that_dies_fails_the_run(tmp_path):
     """A worker killed mid-run: rank 0 exits 1 soon (no hang), metrics.json says failed and names the rank."""
     env = {**os.environ, "DLEXP_DATA_DIR": str(tmp_path / "data")}
-    run = subprocess.Popen([dlexp_bin(), "train", "trainer=ddp", "trainer.max_epochs=100", "logger=none"],
+    run = subprocess.Popen([dlexp_bin(), "train", *CPU_DDP, "trainer.max_epochs=100", "logger=none"],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in run.stdout:
