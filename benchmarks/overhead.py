@@ -15,6 +15,8 @@ logger). The sides alternate (A B A B) and medians are compared, so load from ot
 both; CPU time (user + system) is shown too, as it is less disturbed by other load than wall time.
 A probe callback (timing_probe.py) and the loop's own stamps split each wall time into start-up
 (command -> first training step) and fit (first step -> end of the last epoch), which gives images/s.
+For the convnet a third side, lightning_loop.py, runs the plain loop inside a bare LightningModule:
+what Lightning itself costs (its imports and its loop), so dlexp's own share is the rest.
 """
 from __future__ import annotations
 
@@ -74,11 +76,12 @@ def compare(case: dict, repeats: int, work: Path, with_tensorboard: bool) -> tup
     folder.mkdir()
     spec = write_spec(overrides, folder)
     plain_cmd = [sys.executable, str(HERE / "plain_loops.py"), name, str(spec)]
-    sides = {
-        "plain": lambda: run(plain_cmd, cwd=folder, env=child_env()).check(f"plain {name}"),
-        "dlexp": lambda: run([*dlexp_command(), "train", *overrides, "logger=none", PROBE], cwd=folder,
-                             env=child_env()).check(f"dlexp train {name}"),
-    }
+    sides = {"plain": lambda: run(plain_cmd, cwd=folder, env=child_env()).check(f"plain {name}")}
+    if name == "convnet":  # the same loop in a bare LightningModule: Lightning's own cost, without dlexp
+        lightning_cmd = [sys.executable, str(HERE / "lightning_loop.py"), name, str(spec)]
+        sides["lightning"] = lambda: run(lightning_cmd, cwd=folder, env=child_env()).check(f"lightning {name}")
+    sides["dlexp"] = lambda: run([*dlexp_command(), "train", *overrides, "logger=none", PROBE], cwd=folder,
+                                 env=child_env()).check(f"dlexp train {name}")
     if with_tensorboard:
         sides["dlexp+tb"] = lambda: run([*dlexp_command(), "train", *overrides, PROBE], cwd=folder,
                                         env=child_env()).check(f"dlexp train {name} (tensorboard)")
@@ -94,7 +97,8 @@ def compare(case: dict, repeats: int, work: Path, with_tensorboard: bool) -> tup
         wall, cpu = median([r.wall_s for r in runs]), median([r.cpu_s for r in runs])
         startup = median([r.stamps()["first_step"] for r in runs])
         fit = median([r.stamps()["fit_end"] - r.stamps()["first_step"] for r in runs])
-        value = values[side] = plain_value if side == "plain" else dlexp_metrics(runs[0]).get(key)
+        value = values[side] = plain_result(runs[0])[key] if side in ("plain", "lightning") \
+            else dlexp_metrics(runs[0]).get(key)
         ratio = wall / plain_wall
         target = TARGETS[name] if side == "dlexp" else None
         rows.append([name, side, f"{wall:.2f}", f"{startup:.2f}", f"{fit:.2f}", f"{images / fit:.0f}",
