@@ -1,6 +1,6 @@
 """Overhead of `dlexp train` over a hand-written PyTorch loop: convnet, and WGAN-GP with n_critic 5.
 
-    python benchmarks/overhead.py            # Fashion-MNIST (digits when absent), ~3 min on 2 cores
+    python benchmarks/overhead.py            # Fashion-MNIST (digits when absent), ~4 min on 2 cores
     python benchmarks/overhead.py --quick    # digits, a few batches: checks the script works
 
 What is timed, and why: the whole command, as a user runs it, on both sides. dlexp is the installed
