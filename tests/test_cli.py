@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 from conftest import dlexp_bin, needs_fashion, run_dir_of
-from dlexp.cli import _gpu_present
 
+from dlexp.cli import _gpu_present
 from dlexp.config import conf_dir
 
 RUN_DIR_RE = re.compile(r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$")
