@@ -204,7 +204,7 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
             )
         if not o.is_delete():
             _check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
-    cfg = compose(overrides)
+    cfg = compose(overrides) if len(group_overrides) < len(overrides) else base  # (only groups: base is it)
     # keys a preset lists under `required:` (a ??? in a preset cannot replace train.yaml's default: OmegaConf
     # merges never overwrite with ???)
     missing = _missing(cfg) + [key for key in cfg.get("required") or [] if OmegaConf.select(cfg, key) is None]
