@@ -43,6 +43,8 @@ class Batches:
 
 
 class ConvNetModule(pl.LightningModule):
+    """plain_loops.convnet's net, data and steps as a LightningModule: Lightning runs the loop, nothing else."""
+
     def __init__(self, spec: dict, out: Path) -> None:
         from dlexp.nets.classifiers import ConvNet
 
