@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common import stamp
-from plain_loops import batches, kwargs, load_splits
+from plain_loops import batches, kwargs, load_splits, normaliser
 
 
 class Batches:
@@ -53,12 +53,9 @@ class ConvNetModule(pl.LightningModule):
         self.splits = load_splits(ds)
         self.net = ConvNet(**kwargs(spec["model"], ("init_from", "init_include", "init_exclude")))
         self.spec, self.out, self.seed, self.batch_size = spec, out, spec["seed"], ds["batch_size"]
-        self.mean, self.std = torch.tensor(ds["mean"]).view(1, -1, 1, 1), torch.tensor(ds["std"]).view(1, -1, 1, 1)
+        self.normalise = normaliser(ds)
         self.sums: dict[str, torch.Tensor] = {}
         self.first, self.seen = True, 0
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float().div_(255.0) - self.mean) / self.std
 
     def train_dataloader(self) -> Batches:
         return Batches(self, "train", shuffle=True, limit=self.spec["limit_train_batches"])

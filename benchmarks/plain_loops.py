@@ -48,6 +48,12 @@ def batches(n: int, batch_size: int, shuffle_seed: int | None, limit: int | None
         yield order[start: start + batch_size]
 
 
+def normaliser(dataset: dict):
+    """uint8 (B, C, H, W) -> (x / 255 - mean) / std, as dlexp's datamodule transforms a batch."""
+    mean, std = torch.tensor(dataset["mean"]).view(1, -1, 1, 1), torch.tensor(dataset["std"]).view(1, -1, 1, 1)
+    return lambda x: (x.float().div_(255.0) - mean) / std
+
+
 def kwargs(node: dict, drop: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in node.items() if k not in ("_target_", "_partial_", *drop)}
 
@@ -60,8 +66,7 @@ def convnet(spec: dict, out: Path) -> dict:
     splits = load_splits(ds)
     net = ConvNet(**kwargs(spec["model"], ("init_from", "init_include", "init_exclude")))
     opt = torch.optim.Adam(net.parameters(), **kwargs(spec["optimizer"]))
-    mean, std = torch.tensor(ds["mean"]).view(1, -1, 1, 1), torch.tensor(ds["std"]).view(1, -1, 1, 1)
-    normalise = lambda x: (x.float().div_(255.0) - mean) / std
+    normalise = normaliser(ds)
 
     def evaluate(split: str) -> tuple[float, float]:
         x, y = splits[split]
