@@ -103,6 +103,11 @@ def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_l
                                     pct_start=pct_start), "interval": "step"}
 
 
+# their curve spans the whole run, so its length cannot change on resume (dlexp resume refuses trainer.max_epochs)
+cosine.plans_run_length = True
+onecycle.plans_run_length = True
+
+
 def plateau(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, monitor: str = "val/loss",
             mode: str = "min", factor: float = 0.1, patience: int = 5) -> dict:
     """Reduce lr by factor when `monitor` stalls for patience epochs."""

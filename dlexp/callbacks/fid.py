@@ -1,33 +1,31 @@
 """val/fid during training: FID of generated samples against validation images, every N epochs."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytorch_lightning as pl
 import torch
 
-from dlexp.callbacks.samples import denormalize
-from dlexp.metrics.extractor import domain_extractor
+from dlexp.data.datamodule import denormalize
+from dlexp.metrics.extractor import Extractor
 from dlexp.metrics.generative import frechet_distance
+from dlexp.nets.modes import eval_mode
 
 
 class FIDMonitor(pl.Callback):
     """Logs val/fid (n samples from fixed noise vs n validation images, on a domain classifier's features).
 
-    With callbacks=[default,fid] the best checkpoint is picked by it (lower is better).
+    With callbacks=[default,fid] the best checkpoint is picked by it (lower is better). conf/callbacks/fid.yaml
+    builds it from a classifier run directory (dlexp/engine/extractors.py).
     """
 
-    def __init__(self, extractor: str, every_n_epochs: int = 5, n: int = 500, seed: int = 0) -> None:
+    def __init__(self, extractor: Extractor, every_n_epochs: int = 5, n: int = 500, seed: int = 0) -> None:
         if every_n_epochs < 1 or n < 2:
             raise ValueError("fid: every_n_epochs must be >= 1 and n >= 2")
-        self.extractor_dir, self.every_n_epochs, self.n, self.seed = Path(extractor).expanduser(), every_n_epochs, n, seed
-        self._extractor = None
+        self._extractor, self.every_n_epochs, self.n, self.seed = extractor, every_n_epochs, n, seed
         self._real: torch.Tensor | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not hasattr(pl_module.net, "sample"):
             raise ValueError("the fid callback needs a GAN or VAE model")
-        self._extractor = domain_extractor(self.extractor_dir)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -42,10 +40,7 @@ class FIDMonitor(pl.Callback):
         labels = (torch.arange(self.n) % classes).to(pl_module.device) if classes else None
         ema = getattr(pl_module, "generator_ema", None)
         sample = ema if ema is not None else pl_module.net.sample  # the GAN's EMA copy when it keeps one
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
+        with eval_mode(pl_module), torch.no_grad():
             fake = sample(z, labels)
-        pl_module.train(was_training)
         features = self._extractor.run(denormalize(fake, dm.mean, dm.std))[0]
         pl_module.log("val/fid", frechet_distance(self._real, features), on_epoch=True, sync_dist=True)

@@ -1,6 +1,7 @@
 """What exact resumption and clean interruption need beyond Lightning: RNG states, signal handling, DDP checks."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import signal
@@ -11,10 +12,53 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dlexp.checkpoint import rng_state, set_rng_state
-from dlexp.ddp import tensor_sha256, weights_digest
+from dlexp.errors import RunInterrupted
 
 log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (python, numpy, torch, CUDA), as plain containers and tensors."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what rng_state() took."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """sha256 of a tensor's bytes (any dtype, any device)."""
+
+    return hashlib.sha256(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def weights_digest(state_dict: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over a state_dict's names and tensor digests: equal digests, bitwise equal weights.
+
+    Values are tensors or their tensor_sha256 already."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        digest.update(name.encode())
+        digest.update((value if isinstance(value, str) else tensor_sha256(value)).encode())
+    return digest.hexdigest()[:16]
 
 
 class RNGState(pl.Callback):
@@ -77,14 +121,6 @@ class WeightsAgreement(pl.Callback):
             log.warning("DDP ranks ended with different weights: %s", ", ".join(differ))
         self.metrics = {"ddp/weights_sha256": weights_digest(digests[trainer.global_rank]),
                         "ddp/weights_identical": not differ}
-
-
-class RunInterrupted(Exception):
-    """Ctrl-C or SIGTERM: training stopped after a batch and a resumable checkpoint was written."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class StopOnSignal(pl.Callback):

@@ -1,29 +1,14 @@
 """Image grids of a generative run: PNGs in samples/ and images in TensorBoard, every N epochs and at the end."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from dlexp.io import atomic_write_bytes
-
-
-def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Undo the dataset's normalisation (tanh range [-1, 1] with mean 0.5, std 0.5) into [0, 1] pixels."""
-    return (images.float().cpu() * std.cpu() + mean.cpu()).clamp(0, 1)
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int) -> torch.Tensor:
-    """Write [0, 1] images (B, C, H, W) as one PNG grid, atomically; returns the grid (C, H', W')."""
-    from torchvision.utils import make_grid, save_image
-
-    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-    buffer = io.BytesIO()
-    save_image(grid, buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    return grid
+from dlexp.data.datamodule import denormalize
+from dlexp.plots import save_grid
+from dlexp.nets.modes import eval_mode
 
 
 class SampleImages(pl.Callback):
@@ -51,10 +36,8 @@ class SampleImages(pl.Callback):
         """Write the task's grids numbered by `epoch` (epochs completed)."""
         if epoch == self.last_written or not trainer.is_global_zero:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        grids = pl_module.sample_images(self._reference(trainer, pl_module), nrow=self.nrow)
-        pl_module.train(was_training)
+        with eval_mode(pl_module):
+            grids = pl_module.sample_images(self._reference(trainer, pl_module), nrow=self.nrow)
         dm = trainer.datamodule
         for prefix, images in grids.items():
             if images.shape[-1] < 4:  # not images (e.g. the 3-D points of the PCA example): nothing to look at

@@ -11,6 +11,8 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping as LightningEarlyStopping, TQDMProgressBar
 from torch import nn
 
+from dlexp.callbacks.frozen_cache import cache_frozen_prefix
+
 log = logging.getLogger(__name__)
 
 
@@ -67,8 +69,10 @@ class Freeze(pl.Callback):
     With unfreeze_at_epoch=N the parameters train again from epoch N (0-based). All parameters are in
     the optimizer from the start; frozen ones simply get no gradient. cache="auto" computes the outputs
     of a frozen leading prefix once per sample and trains the rest on them when that gives the same
-    results (dlexp/cache.py; it logs why not otherwise); cache=False always runs the whole net.
+    results (dlexp/callbacks/frozen_cache.py; it logs why not otherwise); cache=False always runs the whole net.
     """
+
+    freezes_parameters = True  # a backward pass reaches only part of the net (DDP must look for unused parameters)
 
     def __init__(self, patterns: list[str], unfreeze_at_epoch: int | None = None, cache: str | bool = "auto",
                  cache_max_mb: float = 2048) -> None:
@@ -95,8 +99,6 @@ class Freeze(pl.Callback):
         self._set(pl_module, frozen=True)
         log.info("froze %d parameter tensors: %s", len(self.frozen_names), ", ".join(self.frozen_names))
         if self.cache == "auto" and self.unfreeze_at_epoch is None:
-            from dlexp.cache import cache_frozen_prefix
-
             frozen = [p for n, p in pl_module.named_parameters() if n in self.frozen_names]
             cache_frozen_prefix(trainer, pl_module, frozen, self.cache_max_mb)
         else:

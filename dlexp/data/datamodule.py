@@ -16,6 +16,12 @@ from dlexp.data.augment import random_flip, random_translate
 from dlexp.data.sources import ImageData
 
 
+def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Undo the dataset's normalisation (tanh range [-1, 1] with mean 0.5, std 0.5) into [0, 1] pixels."""
+    return (images.float().cpu() * std.cpu() + mean.cpu()).clamp(0, 1)
+
+
+
 class TensorBatches:
     """Iterable of (uint8 images, labels) index batches over tensors; reshuffled each epoch from seed + epoch.
 

@@ -1,22 +1,19 @@
 """A classifier's test report: accuracy, loss, per-class accuracy, confusion matrix, most confidently wrong images."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from dlexp.io import atomic_write_bytes
 
 
 def confusion_png(matrix: torch.Tensor, path: Path, cell: int = 28) -> torch.Tensor:
     """Confusion-matrix heatmap (rows true, columns predicted) with counts, as a PNG; returns it (3, H, W)."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from dlexp.io import atomic_write_bytes
-
     k = matrix.shape[0]
     margin = cell
     size = margin + k * cell + 1
@@ -47,34 +44,13 @@ def confusion_markdown(matrix: torch.Tensor) -> str:
     return "\n".join(lines) + "\n"
 
 
-@torch.no_grad()
-def evaluate_classifier(run_dir: Path, opts: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Test-set report of a classifier run (its best checkpoint)."""
-    from dlexp.callbacks.samples import denormalize, save_grid
-    from dlexp.evaluate import load_run
-    from dlexp.io import atomic_write_text
-
-    _, dm, net, _ = load_run(run_dir)
-    x, y = dm.splits["test"]
-    logits = torch.cat([net(dm.transform(chunk, training=False)) for chunk in x.split(opts.batch_size)])
-    probs = logits.softmax(dim=1)
-    predicted = probs.argmax(dim=1)
-    k = dm.num_classes
-    matrix = torch.zeros(k, k, dtype=torch.long)
+def class_report(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
+    """Accuracy, loss and per-class accuracy of logits (N, K) against labels (N,); and the confusion matrix."""
+    predicted = logits.argmax(dim=1)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     matrix.index_put_((y, predicted), torch.ones_like(y), accumulate=True)
-    metrics: dict[str, Any] = {"eval/acc": float((predicted == y).double().mean()),
-                               "eval/loss": float(F.cross_entropy(logits, y)), "eval/n_test": len(y)}
-    for c in range(k):
+    metrics = {"eval/acc": float((predicted == y).double().mean()), "eval/loss": float(F.cross_entropy(logits, y)),
+               "eval/n_test": len(y)}
+    for c in range(num_classes):
         metrics[f"eval/acc_class_{c}"] = float(matrix[c, c]) / max(1, int(matrix[c].sum()))
-    out = run_dir / "eval"
-    atomic_write_text(out / "confusion.md", confusion_markdown(matrix))
-    images = {"eval/confusion": confusion_png(matrix, out / "confusion.png")}
-    wrong = (predicted != y).nonzero().flatten()
-    if len(wrong):
-        worst = wrong[probs[wrong, predicted[wrong]].argsort(descending=True)[: opts.n_wrong]]
-        shown = denormalize(dm.transform(x[worst], training=False), dm.mean, dm.std)
-        images["eval/confidently_wrong"] = save_grid(shown, out / "confidently_wrong.png", nrow=8)
-        lines = [f"{i}: true {int(y[i])}, predicted {int(predicted[i])} with p={float(probs[i, predicted[i]]):.3f}"
-                 for i in worst.tolist()]
-        atomic_write_text(out / "confidently_wrong.txt", "\n".join(lines) + "\n")
-    return metrics, images
+    return metrics, matrix

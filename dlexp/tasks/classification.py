@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlexp.cache import CachedPrefix
+from dlexp.nets.prefix import CachedPrefix
 from dlexp.losses.regularizers import Regularization
 from dlexp.tasks.guard import all_finite, check_on_nan
 
@@ -42,6 +42,7 @@ def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, sche
 class ClassificationTask(pl.LightningModule):
     """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
 
+    predicts_classes = True  # dlexp eval: a test report with a confusion matrix; a feature extractor for FID
     # what `monitor` may name (checked before a run or a search starts: dlexp/config.py)
     logged_metrics = ("train/loss", "train/acc", "train/reg_loss", "val/loss", "val/acc", "val/acc_best",
                       "test/loss", "test/acc")

@@ -9,6 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlexp.engine.checkpoint import load_checkpoint
+from dlexp.engine.rundir import checkpoint_file
+from dlexp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -19,24 +23,12 @@ class TransferReport:
     mismatched: list[str] = field(default_factory=list)   # same name, different shape
 
 
-def checkpoint_file(source: str | Path) -> Path:
-    """A checkpoint file, or a run directory's checkpoints/best.ckpt (else last.ckpt)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in run directory {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_from: no checkpoint file or run directory at {path}")
-    return path
-
-
 def net_state(source: str | Path) -> dict[str, torch.Tensor]:
     """The net's tensors from a dlexp checkpoint (keys 'net.*') or a plain state_dict file."""
-    from dlexp.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_file(source), training=False)
+    try:
+        ckpt = load_checkpoint(checkpoint_file(source), training=False)
+    except ConfigError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
     state = ckpt.get("state_dict", ckpt)
     if any(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}

@@ -1,82 +1,20 @@
-"""Finding, composing and checking configs, before anything heavy is imported or any directory made."""
+"""Checking overrides before anything runs: unknown choices and keys, wrong types, missing values, a monitored
+metric the run does not log, an optional integration that is not installed."""
 from __future__ import annotations
 
-import difflib
-import functools
 import importlib.util
-import secrets
-import time
+import inspect
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.utils import _locate
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-class ConfigError(Exception):
-    """A usage or config mistake: reported as one line, exit code 2, no run directory."""
-
-
-def conf_dir() -> Path:
-    """The config tree: the installed dlexp.conf package, else the source checkout's conf/."""
-    spec = importlib.util.find_spec("dlexp.conf")
-    if spec and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / "train.yaml").is_file():
-                return Path(location)
-    return Path(__file__).resolve().parent.parent / "conf"
-
-
-def groups() -> dict[str, list[str]]:
-    """Every config group (folder of conf/) and its choices, e.g. {'model': ['convnet', ...]}."""
-    root = conf_dir()
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))
-    }
-
-
-@functools.lru_cache(maxsize=None)
-def run_id() -> str:
-    """<YYYY-MM-DD_HH-MM-SS>_<6 hex>: one per process, so a run directory is never shared by two runs."""
-    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
-
-
-def scaled(cpu: Any, full: Any, *, _root_: DictConfig) -> Any:
-    """`${scaled:CPU,FULL}` in an experiment preset: its CPU-friendly value, or the notes' full budget under
-    +scale=full (conf/scale/full.yaml)."""
-    return full if _root_.get("scale") == "full" else cpu
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("scaled"):
-        OmegaConf.register_new_resolver("scaled", scaled)
-    if not OmegaConf.has_resolver("dlexp_run_id"):
-        # cached in the config: launchers that run jobs in other processes (joblib, submitit) resolve the sweep
-        # directory there from a copy of the launching config, and must find the same id
-        OmegaConf.register_new_resolver("dlexp_run_id", run_id, use_cache=True)
-
-
-def did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def compose(overrides: list[str], config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
-    """Compose the config as `dlexp train` would, with Hydra's compose API."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    register_resolvers()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
-    except HydraException as e:
-        raise ConfigError(_first_line(str(e))) from None
-
-
-def _first_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return "; ".join(lines[:2]) if lines else message
+from dlexp.config.compose import compose, did_you_mean, first_line, groups
+from dlexp.errors import ConfigError
 
 
 def check_overrides(overrides: list[str]) -> DictConfig:
@@ -86,13 +24,10 @@ def check_overrides(overrides: list[str]) -> DictConfig:
     Sweep overrides (a,b,c) are checked choice by choice, intervals at both ends, and so is the search space of
     an Optuna search (hydra.sweeper.params), before its first trial. Returns the config of the first job.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(f"cannot parse overrides: {_first_line(str(e))}") from None
+        raise ConfigError(f"cannot parse overrides: {first_line(str(e))}") from None
     known = groups()
     _check_installed(parsed)
     first: list[str] = []               # every override at its first value
@@ -127,8 +62,6 @@ def _values(o: Any) -> list[str]:
 
 def _search_space(parsed: list[Any], known: dict[str, list[str]]) -> list[Any]:
     """hydra.sweeper.params as overrides, when the command line picks a sweeper (hparams_search=optuna)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     keys = [o.key_or_group for o in parsed]
     if not any(k in ("hparams_search", "experiment") or k.startswith(("hydra/sweeper", "hydra.sweeper")) for k in keys):
         return []
@@ -143,7 +76,7 @@ def _search_space(parsed: list[Any], known: dict[str, list[str]]) -> list[Any]:
     try:
         return OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     except Exception as e:
-        raise ConfigError(f"hydra.sweeper.params: {_first_line(str(e))}") from None
+        raise ConfigError(f"hydra.sweeper.params: {first_line(str(e))}") from None
 
 
 # optional integrations: the override that uses one -> (module it needs, its pip package, the dlexp extra)
@@ -180,7 +113,6 @@ def _choices(value: str) -> list[str]:
 
 
 def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     group_overrides = [o.input_line for o in parsed if o.key_or_group in known or o.key_or_group.startswith("hydra")]
@@ -203,7 +135,7 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
                 f"{', '.join(siblings) if siblings else 'no such keys'} (use +{key}=... to add a new key)"
             )
         if not o.is_delete():
-            _check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
+            check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
     cfg = compose(overrides) if len(group_overrides) < len(overrides) else base  # (only groups: base is it)
     # keys a preset lists under `required:` (a ??? in a preset cannot replace train.yaml's default: OmegaConf
     # merges never overwrite with ???)
@@ -216,8 +148,6 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
 
 def _check_monitor(cfg: DictConfig) -> None:
     """`monitor` must name a metric the run logs: one its task or callbacks declare in `logged_metrics`."""
-    from hydra._internal.utils import _locate
-
     def declared(node: Any) -> tuple[str, ...] | None:
         try:
             return getattr(_locate(node._target_), "logged_metrics", None)
@@ -239,8 +169,6 @@ def _check_monitor(cfg: DictConfig) -> None:
 
 def check_writable(folder: Path) -> None:
     """Run directories can be made under folder (a read-only or full disk fails here, not after training)."""
-    import tempfile
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".dlexp-write-test-"):
@@ -279,9 +207,7 @@ def _check_added(cfg: DictConfig, key: str, known: dict[str, list[str]]) -> None
 
 def _parameters(target: str) -> set[str] | None:
     """Keyword parameters of a _target_ (None when it takes **kwargs or cannot be inspected)."""
-    import inspect
 
-    from hydra._internal.utils import _locate
 
     try:
         obj = _locate(target)
@@ -316,7 +242,7 @@ def _has_key(cfg: DictConfig, key: str) -> bool:
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
 
 
-def _check_type(key: str, default: Any, value: Any) -> None:
+def check_type(key: str, default: Any, value: Any) -> None:
     """The new value must fit the type of the default (ints pass for floats; null passes for anything)."""
     if default is None or value is None or isinstance(default, str):
         return

@@ -8,7 +8,7 @@ study (hydra.sweeper.storage=sqlite:///optuna.db) a re-run runs only the trials 
 
 Written for Optuna >= 3 (hydra-optuna-sweeper 1.3 requires optuna < 3, which needs SQLAlchemy < 2). Hydra takes
 sweepers only from the hydra_plugins namespace: dlexp/hydra_plugin/ is installed as hydra_plugins.dlexp, and
-`register()` announces it where Hydra's scan of that namespace cannot see it (editable installs).
+`hydra_plugins.dlexp.register()` announces it where Hydra's scan of that namespace cannot see it (editable installs).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
+from hydra.utils import instantiate
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -35,6 +36,10 @@ class OptunaSweeper(Sweeper):
     A run that fails, or returns no finite value, is a failed trial (the search goes on); trials stopped by
     Ctrl-C are failed and marked `interrupted`, and a continued study runs them again.
     """
+
+    # what `dlexp resume SWEEP_DIR` says instead of re-running jobs: a search continues through its storage
+    resume_hint = ("run the same `dlexp train -m hparams_search=...` command with the same hydra.sweeper.storage "
+                   "and study_name to continue it (docs/sweeps.md)")
 
     def __init__(self, sampler: DictConfig, direction: str, storage: str | None, study_name: str | None,
                  n_trials: int, n_jobs: int = 1, params: DictConfig | None = None) -> None:
@@ -53,8 +58,7 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
-        from hydra.utils import instantiate
+        import optuna  # optional (pip install 'dlexp[sweep]'): imported when a search runs
 
         monitor = self.config.get("monitor")
         if not monitor:
@@ -155,12 +159,3 @@ def report(study: Any, monitor: str, sweep_dir: Path, storage: str | None) -> di
         print(f"no trial completed: no best {monitor}", flush=True)
     atomic_write_text(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
     return results
-
-
-def register() -> None:
-    """Make hydra_plugins.dlexp.OptunaSweeper known to Hydra where its scan missed it (an editable install)."""
-    plugins = Plugins.instance()
-    if "hydra_plugins.dlexp.OptunaSweeper" not in plugins.class_name_to_class:
-        from hydra_plugins.dlexp import OptunaSweeper as plugin
-
-        plugins.register(plugin)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
+from dlexp.engine.ranks import launcher_rank
+from dlexp.engine.rundir import RunDir, is_run_dir
 from dlexp.io import atomic_write_text
 
 FIXED = ["job", "overrides", "status", "monitor", "best"]
@@ -24,13 +26,9 @@ TAIL = ["epochs", "wall_s"]
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One row of the table from a run directory's overrides.yaml, config.yaml and metrics.json."""
-    def load(name: str, parse) -> Any:
-        path = run_dir / name
-        return parse(path.read_text()) if path.is_file() else None
-
-    config = load("config.yaml", yaml.safe_load) or {}
-    metrics = load("metrics.json", json.loads) or {}
-    overrides = load("overrides.yaml", yaml.safe_load) or []
+    run = RunDir(run_dir)
+    config = run.config() if is_run_dir(run_dir) else {}
+    metrics, overrides = run.metrics(), run.overrides()
     monitor = config.get("monitor")
     best = metrics.get(f"{monitor}_best", metrics.get(monitor)) if monitor else None
     row: dict[str, Any] = {
@@ -109,35 +107,19 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-
-
 class SummaryCallback(Callback):
-    """Keeps summary.csv/.md of a sweep current after each job; at the end prints the table and counts failures."""
-
-    sweep_dir: Path | None = None  # read by cli.py (multirun_dir line and exit code) in the launching process
-    failed: int = 0
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        SummaryCallback.sweep_dir = Path(config.hydra.sweep.dir)
-        SummaryCallback.failed = 0
+    """Keeps summary.csv/.md of a sweep current after each job (in the job's process: a stopped sweep keeps its
+    table); at the end of the sweep prints the table."""
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        from dlexp.ddp import launcher_rank
-
-        if HydraConfig.get().mode == RunMode.MULTIRUN and launcher_rank() == 0:  # (torchrun/srun: rank 0 writes)  # in the job's process: a stopped sweep keeps its table
-            sweep_dir = Path(HydraConfig.get().sweep.dir)
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN and launcher_rank() == 0:  # (torchrun/srun: rank 0 writes)
+            sweep_dir = Path(hydra.sweep.dir)
             if sweep_dir.is_dir():
                 write_summary(sweep_dir)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from dlexp.ddp import launcher_rank
-
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir() or launcher_rank() > 0:  # other ranks of torchrun/srun hold no run files
             return
-        rows = write_summary(sweep_dir)
-        SummaryCallback.failed = sum(row["status"] != "completed" for row in rows)
-        print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{to_markdown(rows)}", flush=True)
+        print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{to_markdown(write_summary(sweep_dir))}", flush=True)

@@ -11,55 +11,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dlexp.config import ConfigError
+import torch
+
+from dlexp.commands import options, usage
+from dlexp.data.datamodule import denormalize
+from dlexp.engine.restore import load_datamodule, restore_net
+from dlexp.engine.rundir import RunDir
+from dlexp.errors import ConfigError
+from dlexp.plots import pyplot, save_grid
 
 MODES = ("grid", "interpolate", "latent_map", "codes")
-USAGE = ("usage: dlexp sample RUN_DIR [n=64] [seed=0] [mode=grid|interpolate|latent_map|codes] [steps=8] "
-         "[single=true] [out=DIR]")
-DEFAULTS: dict[str, Any] = {"n": 64, "seed": 0, "mode": "grid", "steps": 8, "single": False, "out": None}
 
 
-def parse(args: list[str]) -> tuple[Path, dict[str, Any]]:
-    """RUN_DIR and key=value options, checked: one line naming the problem otherwise."""
-    if not args or "=" in args[0]:
-        raise ConfigError(f"missing RUN_DIR; {USAGE}")
-    run_dir, options = Path(args[0]), dict(DEFAULTS)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a dlexp run directory (no config.yaml)")
-    for arg in args[1:]:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ConfigError(f"unknown option '{arg}'; options: {', '.join(f'{k}=' for k in DEFAULTS)}")
-        try:
-            options[key] = (value.lower() in ("1", "true", "yes") if key == "single"
-                            else int(value) if key in ("n", "seed", "steps") else value)
-        except ValueError:
-            raise ConfigError(f"{key} expects an integer, got '{value}'") from None
-    if options["mode"] not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{options['mode']}'")
-    if options["n"] < 1 or options["steps"] < 2:
+def parse(args: list[str]) -> tuple[RunDir, Any]:
+    """The run directory and the checked options (conf/sample.yaml)."""
+    positional, opts = options.parse("sample", args)
+    run = RunDir.existing(options.one_run_dir("sample", positional, usage.SAMPLE))
+    if opts.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{opts.mode}'")
+    if opts.n < 1 or opts.steps < 2:
         raise ConfigError("n must be >= 1 and steps >= 2")
-    return run_dir, options
+    return run, opts
 
 
-def latents(net: Any, options: dict[str, Any]):
+def latents(net: Any, opts: Any) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """(z, labels, images per row) for the chosen mode, drawn from `seed`."""
-    import torch
-
-    g = torch.Generator().manual_seed(options["seed"])
-    n, classes = options["n"], getattr(net, "num_classes", 0)
-    if options["mode"] == "grid":
+    g = torch.Generator().manual_seed(opts.seed)
+    n, classes = opts.n, getattr(net, "num_classes", 0)
+    if opts.mode == "grid":
         z = torch.randn(n, net.latent_dim, generator=g)
         labels = torch.arange(n) % classes if classes else None  # a conditional GAN: one class per column
         return z, labels, classes or 8
-    if options["mode"] == "latent_map":
+    if opts.mode == "latent_map":
         if net.latent_dim != 2:
             raise ConfigError(f"mode=latent_map needs a 2-d latent space; this run's has {net.latent_dim} dimensions")
-        side = options["steps"]
+        side = opts.steps
         q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
         rows, cols = torch.meshgrid(q.flip(0), q, indexing="ij")  # z[1] up the rows, z[0] along the columns
         return torch.stack([cols.flatten(), rows.flatten()], dim=1), None, side
-    rows, steps = max(1, n // options["steps"]), options["steps"]
+    rows, steps = max(1, n // opts.steps), opts.steps
     z0, z1 = torch.randn(rows, net.latent_dim, generator=g), torch.randn(rows, net.latent_dim, generator=g)
     t = torch.linspace(0, 1, steps).view(1, steps, 1)
     z = (z0.unsqueeze(1) * (1 - t) + z1.unsqueeze(1) * t).flatten(0, 1)  # (rows * steps, latent)
@@ -67,22 +57,12 @@ def latents(net: Any, options: dict[str, Any]):
     return z, labels, steps
 
 
-def plot_codes(run_dir: Path, out: Path) -> Path:
+def plot_codes(run: RunDir, out: Path) -> Path:
     """Scatter the 2-d codes of the run's test images (a VAE's posterior means), coloured by class."""
-    import torch
-
-    from dlexp.evaluate import load_run
-
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("mode=codes draws with matplotlib: pip install 'dlexp[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    config, datamodule, net, _ = load_run(run_dir)
+    plt = pyplot("mode=codes")
+    config, datamodule, net = run.config(), load_datamodule(run), restore_net(run)
     if not hasattr(net, "encode"):
-        raise ConfigError(f"{run_dir} trained {type(net).__name__}, which has no encoder; mode=codes works on autoencoders")
+        raise ConfigError(f"{run.path} trained {type(net).__name__}, which has no encoder; mode=codes works on autoencoders")
     x, y = datamodule.splits["test"]
     with torch.no_grad():  # in chunks: a conv encoder's activations for 10,000 images would not fit
         codes = [net.encode(datamodule.transform(chunk, training=False)) for chunk in x.split(1000)]
@@ -105,43 +85,25 @@ def plot_codes(run_dir: Path, out: Path) -> Path:
 
 
 def main(args: list[str]) -> int:
-    import torch
-    import yaml
-
-    from dlexp.callbacks.samples import denormalize, save_grid
-    from dlexp.checkpoint import load_checkpoint
-    from dlexp.train import net_from_config
-    from dlexp.transfer import checkpoint_file
-
-    run_dir, options = parse(args)
-    out = Path(options["out"]) if options["out"] else run_dir / "samples"
-    if options["mode"] == "codes":
-        print(f"wrote {plot_codes(run_dir, out)}")
+    run, opts = parse(args)
+    out = Path(opts.out) if opts.out else run.samples
+    if opts.mode == "codes":
+        print(f"wrote {plot_codes(run, out)}")
         return 0
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    net = net_from_config(config["model"])
+    net = restore_net(run, ema=True)
     if not hasattr(net, "sample"):
-        raise ConfigError(f"{run_dir} trained {type(net).__name__}, which has no generator or prior to sample from; "
+        raise ConfigError(f"{run.path} trained {type(net).__name__}, which has no generator or prior to sample from; "
                           "dlexp sample works on GAN and VAE runs")
-    try:
-        state = load_checkpoint(checkpoint_file(run_dir))["state_dict"]
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    ema = {k.removeprefix("generator_ema."): v for k, v in state.items() if k.startswith("generator_ema.")}
-    if ema:
-        net.generator.load_state_dict(ema)
-    net.eval()
-    z, labels, nrow = latents(net, options)
+    z, labels, nrow = latents(net, opts)
     with torch.no_grad():
         images = net.sample(z, labels)
-    dataset = config["dataset"]
+    dataset = run.config()["dataset"]
     images = denormalize(images, torch.tensor(dataset["mean"]).view(1, -1, 1, 1),
                          torch.tensor(dataset["std"]).view(1, -1, 1, 1))
-    name = f"sample_{options['mode']}_n{len(images)}_seed{options['seed']}"
+    name = f"sample_{opts.mode}_n{len(images)}_seed{opts.seed}"
     save_grid(images, out / f"{name}.png", nrow)
     print(f"wrote {out / f'{name}.png'}")
-    if options["single"]:
+    if opts.single:
         for i, image in enumerate(images):
             save_grid(image.unsqueeze(0), out / name / f"{i:04d}.png", 1)
         print(f"wrote {len(images)} images to {out / name}/")

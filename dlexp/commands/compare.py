@@ -1,55 +1,47 @@
 """`dlexp compare SWEEP_DIR | RUN_DIR...`: the runs' table (best first) and one PNG of their curves and last samples."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
-from dlexp.config import ConfigError
-from dlexp.sweep import common_overrides, job_dirs, label, rank, read_run, to_markdown, write_summary
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-USAGE = "usage: dlexp compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [metric=NAME] [out=FILE.png]"
+from dlexp.commands import options, usage
+from dlexp.engine.rundir import TENSORBOARD, RunDir, is_run_dir, is_sweep_dir
+from dlexp.errors import ConfigError
+from dlexp.plots import pyplot
+from dlexp.sweeps.summary import common_overrides, label, rank, read_run, to_markdown, write_summary
 
-
-def parse(args: list[str]) -> tuple[list[Path], dict[str, str | None]]:
-    paths, options = [], {"metric": None, "out": None}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            options[key] = value
-        elif sep:
-            raise ConfigError(f"unknown option '{arg}'; options: metric=NAME out=FILE.png; {USAGE}")
-        else:
-            paths.append(Path(arg))
-    if not paths:
-        raise ConfigError(f"nothing to compare; {USAGE}")
-    for path in paths:
-        if not (path / "config.yaml").is_file() and not (path.is_dir() and job_dirs(path)):
+def parse(args: list[str]) -> tuple[list[Path], Any]:
+    """The run and sweep directories to compare, and the checked options (conf/compare.yaml)."""
+    positional, opts = options.parse("compare", args)
+    if not positional:
+        raise ConfigError(f"nothing to compare; {usage.COMPARE.splitlines()[0]}")
+    for path in map(Path, positional):
+        if not is_run_dir(path) and not is_sweep_dir(path):
             raise ConfigError(f"{path} is neither a dlexp run directory (config.yaml) nor a sweep directory (0/, 1/, ...)")
-    return paths, options
+    return [Path(p) for p in positional], opts
 
 
 def collect(paths: list[Path]) -> list[dict[str, Any]]:
     """Rows of every run; a sweep directory's summary files are refreshed on the way."""
     rows: list[dict[str, Any]] = []
     for path in paths:
-        rows += [read_run(path)] if (path / "config.yaml").is_file() else write_summary(path)
+        rows += [read_run(path)] if is_run_dir(path) else write_summary(path)
     return rank(rows)
 
 
 def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     """(step, value) points of one scalar from the run's TensorBoard events, else its csv/metrics.csv."""
-    tb = run_dir / "tb"
+    tb = run_dir / TENSORBOARD
     if tb.is_dir():
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
         events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
         events.Reload()
         if metric in events.Tags()["scalars"]:
             return [(e.step, e.value) for e in events.Scalars(metric)]
     table = run_dir / "csv" / "metrics.csv"
     if table.is_file():
-        import csv
-
         with table.open() as f:
             return [(int(r["step"]), float(r[metric])) for r in csv.DictReader(f) if r.get(metric)]
     return []
@@ -57,20 +49,14 @@ def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
 
 def last_samples(run_dir: Path) -> Path | None:
     """The newest sample grid of a generative run (a VAE's prior draws rather than its reconstructions)."""
-    samples = run_dir / "samples"
+    samples = RunDir(run_dir).samples
     grids = sorted(samples.glob("prior_epoch_*.png")) or sorted(samples.glob("epoch_*.png"))
     return grids[-1] if grids else None
 
 
 def plot(rows: list[dict[str, Any]], metric: str | None, out: Path) -> list[str]:
     """Write the PNG: one line per run (labelled by its distinguishing overrides), then last sample grids."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("dlexp compare draws its PNG with matplotlib: pip install 'dlexp[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("dlexp compare")
     common = common_overrides(rows)
     runs = [(label(r, common), Path(r["run_dir"]), metric or r["monitor"] or "train/loss_epoch") for r in rows]
     curves = [(name, m, read_curve(d, m)) for name, d, m in runs]
@@ -104,12 +90,12 @@ def plot(rows: list[dict[str, Any]], metric: str | None, out: Path) -> list[str]
 
 
 def main(args: list[str]) -> int:
-    paths, options = parse(args)
+    paths, opts = parse(args)
     rows = collect(paths)
     print(to_markdown(rows))
-    single_sweep = len(paths) == 1 and not (paths[0] / "config.yaml").is_file()
-    out = Path(options["out"] or (paths[0] / "compare.png" if single_sweep else "compare.png"))
-    for note in plot(rows, options["metric"], out):
+    single_sweep = len(paths) == 1 and not is_run_dir(paths[0])
+    out = Path(opts.out or (paths[0] / "compare.png" if single_sweep else "compare.png"))
+    for note in plot(rows, opts.metric, out):
         print(f"note: {note}")
     print(f"plot: {out}")
     return 0

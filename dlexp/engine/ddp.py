@@ -2,26 +2,28 @@
 
 Lightning's own launcher re-runs the command line for ranks 1..N-1; under Hydra that re-runs a whole sweep in
 every child and points it at the wrong directory. Here rank 0 (the process Hydra runs the job in) starts
-`python -m dlexp.ddp` for local ranks 1..N-1 with LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR and
+`python -m dlexp.engine.ddp_worker` for local ranks 1..N-1 with LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT set, sets them in its own environment too, and hands each worker the job on stdin (the resolved
 config, the model name, the checkpoint to resume). With LOCAL_RANK in the environment Lightning's
 LightningEnvironment treats the processes as created externally and launches nothing. Workers build the
-same objects (dlexp.build.build) and run the same fit and test (dlexp.train.fit_and_test); only global rank 0
+same objects (dlexp.engine.build.build) and run the same fit and test (dlexp.engine.fit.fit_and_test); only global rank 0
 writes files. Under torchrun or srun (Lightning detects TorchElastic / SLURM) every rank is a `dlexp train`
 of its own and nothing is started here.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
+
+import torch.distributed
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 READY_TIMEOUT_S = 600.0  # a worker builds the same objects rank 0 already built: data loading, nets
 FINISH_TIMEOUT_S = 120.0  # workers end with rank 0 (their last collective is rank 0's); then they are killed
@@ -29,49 +31,11 @@ FAILURE_GRACE_S = 30.0  # a dead worker makes rank 0's next collective fail; if 
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-def launcher_rank() -> int:
-    """This process's global rank when torchrun or srun started it (as Lightning detects them), else 0."""
-    if "GROUP_RANK" not in os.environ and "SLURM_NTASKS" not in os.environ:
-        return 0  # neither launcher: no need to import Lightning (seconds) before Hydra even starts
-    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if TorchElasticEnvironment.detect():
-        return int(os.environ["RANK"])
-    if SLURMEnvironment.detect():
-        return int(os.environ["SLURM_PROCID"])
-    return 0
-
-
-def rank_overrides() -> list[str]:
-    """For a rank > 0 of torchrun/srun: Hydra's run and sweep directories in a temp folder, removed at exit
-    (rank 0 owns the real run directory; checkpoint paths come from rank 0 by broadcast)."""
-    rank = launcher_rank()
-    if rank == 0:
-        return []
-    import atexit
-    import shutil
-    import tempfile
-
-    scratch = tempfile.mkdtemp(prefix=f"dlexp-rank{rank}-")
-    atexit.register(shutil.rmtree, scratch, True)
-    return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
-
-
-def quiet_rank() -> None:
-    """A rank > 0 of torchrun/srun logs warnings only, to the console (rank 0 writes train.log)."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(logging.WARNING)
-
-
 def strategy(name: Any, task: Any, callbacks: list) -> Any:
     """The trainer's strategy; `ddp` searches for unused parameters when a backward pass reaches only part of
-    the model: a GAN's two optimizers (each backward reaches one network) or frozen layers."""
-    from dlexp.callbacks.training import Freeze
-
-    partial = not task.automatic_optimization or any(isinstance(c, Freeze) for c in callbacks)
+    the model: a GAN's two optimizers (each backward reaches one network) or a callback that freezes layers
+    (it declares `freezes_parameters`)."""
+    partial = not task.automatic_optimization or any(getattr(c, "freezes_parameters", False) for c in callbacks)
     return "ddp_find_unused_parameters_true" if name == "ddp" and partial else name
 
 
@@ -83,8 +47,6 @@ def processes(trainer: Any) -> int:
 
 def _starts_ranks(trainer: Any) -> bool:
     """True exactly where Lightning would re-run the command line: DDP's subprocess launcher, no external one."""
-    from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
-
     launcher = trainer.strategy.launcher
     if not isinstance(launcher, _SubprocessScriptLauncher):
         return False
@@ -102,8 +64,6 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
     if not _starts_ranks(trainer):
         yield
         return
-    import torch.distributed
-
     strategy = trainer.strategy
     environment = strategy.cluster_environment
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
@@ -116,7 +76,7 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
         for local_rank in range(1, strategy.num_processes):
             # own session: a Ctrl-C reaches rank 0 only, which stops every rank after the same batch (StopOnSignal)
             env = {**os.environ, "LOCAL_RANK": str(local_rank)}
-            worker = subprocess.Popen([sys.executable, "-m", "dlexp.ddp"], env=env, stdin=subprocess.PIPE,
+            worker = subprocess.Popen([sys.executable, "-m", "dlexp.engine.ddp_worker"], env=env, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, start_new_session=True)
             workers[local_rank] = worker
             worker.stdin.write(payload)
@@ -149,8 +109,6 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
 
 def _lost_connection(error: BaseException) -> bool:
     """rank 0's error is only that another rank went away (a gloo or NCCL transport error)."""
-    import torch.distributed
-
     return isinstance(error, torch.distributed.DistError) or (
         isinstance(error, RuntimeError) and any(word in str(error) for word in ("gloo", "NCCL", "Connection")))
 
@@ -186,8 +144,6 @@ def _watch(workers: dict[int, subprocess.Popen], done: threading.Event, fail: Ca
 def _failed(workers: dict[int, subprocess.Popen], stuck: list[int] = ()) -> str:
     """'' while every worker runs or ended well, else what went wrong ('DDP rank 1 exited with code 1 ...');
     `stuck`: ranks rank 0 had to kill at the end."""
-    import signal
-
     bad = []
     for local_rank, worker in workers.items():
         code = worker.poll()
@@ -215,77 +171,3 @@ def _stop(workers: dict[int, subprocess.Popen], grace: float) -> list[int]:
     return killed
 
 
-def tensor_sha256(tensor: Any) -> str:
-    """sha256 of a tensor's bytes (any dtype, any device)."""
-    import torch
-
-    return hashlib.sha256(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def weights_digest(state_dict: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over a state_dict's names and tensor digests: equal digests, bitwise equal weights.
-
-    Values are tensors or their tensor_sha256 already."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        value = state_dict[name]
-        digest.update(name.encode())
-        digest.update((value if isinstance(value, str) else tensor_sha256(value)).encode())
-    return digest.hexdigest()[:16]
-
-
-def _watch_parent() -> None:
-    """A worker ends when rank 0 is gone (killed, crashed), wherever it is blocked."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def worker_main() -> int:
-    """`python -m dlexp.ddp`, started by local_ranks: one local rank > 0 of rank 0's run; writes no file."""
-    import warnings
-
-    _watch_parent()
-    job = json.loads(sys.stdin.buffer.read())
-    ready = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the pipe to rank 0, for one line: "ready"
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else the worker prints goes to stderr
-    rank = os.environ["LOCAL_RANK"]
-    from pathlib import Path
-
-    import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import: quieted below)
-    from omegaconf import OmegaConf
-
-    warnings.simplefilter("ignore")  # rank 0 shows the same warnings, progress and skipped batches once
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from dlexp.build import build
-    from dlexp.callbacks.run_state import RunInterrupted, StopOnSignal
-    from dlexp.train import fit_and_test
-
-    cfg = OmegaConf.create(job["config"])
-    ckpt_path = Path(job["ckpt_path"]) if job["ckpt_path"] else None
-    stopper = StopOnSignal(str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt"))
-    try:
-        parts = build(cfg, job["model"], extra_callbacks=[stopper], tensorboard_purge_step=job["purge_step"])
-        ready.write("ready\n")
-        ready.close()
-        fit_and_test(cfg, parts, time.time(), ckpt_path, stopper)
-    except RunInterrupted:
-        return 0  # every rank stopped after the same batch; rank 0 wrote the checkpoint and reports it
-    except Exception as e:
-        print(f"error: DDP rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    code = worker_main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # a worker owns no file; skip the interpreter's teardown (seconds, with a process group)
