@@ -30,8 +30,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from dlexp.build import build
-from dlexp.config import compose
+from dlexp.engine.build import build
+from dlexp.config.compose import compose
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -59,13 +59,13 @@ def train(overrides: list[str]) -> dict:
     """build() + fit one run; its per-epoch times, fit time, final net state and val/loss."""
     parts = build(compose(overrides), model_name="mlp")
     timer = EpochTimer()
-    parts["trainer"].callbacks.append(timer)
+    parts.trainer.callbacks.append(timer)
     start = time.perf_counter()
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
     fit_s = time.perf_counter() - start
-    return {"epoch_s": timer.seconds, "fit_s": fit_s, "cached": parts["task"].cached_prefix is not None,
-            "state": {k: v.detach().cpu().clone() for k, v in parts["task"].net.state_dict().items()},
-            "val_loss": float(parts["trainer"].callback_metrics["val/loss"])}
+    return {"epoch_s": timer.seconds, "fit_s": fit_s, "cached": parts.task.cached_prefix is not None,
+            "state": {k: v.detach().cpu().clone() for k, v in parts.task.net.state_dict().items()},
+            "val_loss": float(parts.trainer.callback_metrics["val/loss"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         source = Path(tmp) / "source"  # the notes' first net, trained: its layer1 and layer2 are reused
         first = build(compose([*common, f"run_dir={source}", "callbacks=checkpoint", f"model.hidden={hidden}",
                                "trainer.max_epochs=1"]), model_name="mlp")
-        first["trainer"].fit(first["task"], datamodule=first["datamodule"])
+        first.trainer.fit(first.task, datamodule=first.datamodule)
         reuse = [*common, f"model.hidden={[*hidden, hidden[-1] // 2]}", f"model.init_from={source}",
                  "model.init_include=[layer1,layer2]", "callbacks=freeze",
                  "callbacks.freeze.patterns=[layer1\\.,layer2\\.]", f"trainer.max_epochs={epochs}"]

@@ -37,7 +37,7 @@ def dlexp_side(dataset: str):
     """dlexp's datamodule for `dataset`, as `dlexp train` composes and builds it; one epoch per call."""
     from hydra.utils import instantiate
 
-    from dlexp.config import compose
+    from dlexp.config.compose import compose
 
     cfg = compose([f"dataset={dataset}", "dataset.flip=true", "dataset.translate=2", "dataset.val_fraction=0"])
     dm = instantiate(cfg.dataset, seed=cfg.seed)

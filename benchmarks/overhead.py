@@ -47,7 +47,7 @@ def write_spec(overrides: list[str], folder: Path) -> Path:
     """dlexp's composed config for these overrides, resolved, as the plain loop's SPEC.json."""
     from omegaconf import OmegaConf
 
-    from dlexp.config import compose
+    from dlexp.config.compose import compose
 
     cfg = compose(overrides)
     sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "dataset", "optimizer", "task")}

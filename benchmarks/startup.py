@@ -29,7 +29,7 @@ LADDER = [  # (row, cumulative imports): each row costs its time minus the previ
     ("+ pytorch_lightning (and torchmetrics, torchvision, scipy.signal, ... it imports)",
      "import torch, torch._dynamo, pytorch_lightning"),
     ("+ Hydra, OmegaConf, tensorboard and dlexp's own modules",
-     "import torch, torch._dynamo, pytorch_lightning, hydra, dlexp.train, dlexp.tasks.classification, "
+     "import torch, torch._dynamo, pytorch_lightning, hydra, dlexp.engine.execute, dlexp.tasks.classification, "
      "dlexp.data.datamodule, dlexp.callbacks.training, pytorch_lightning.loggers.tensorboard"),
 ]
 INSIDE_LIGHTNING = ["torchvision", "scipy.signal", "matplotlib"]  # named in the -X importtime table
@@ -64,8 +64,8 @@ def imported_by(stderr: str) -> list[list[object]]:
 
 
 def check_time(work: Path) -> float:
-    """Seconds of dlexp.config.check_overrides([]) beyond imports: its second call in one process."""
-    code = ("import time; from dlexp.config import check_overrides; check_overrides([]); "
+    """Seconds of dlexp.config.checks.check_overrides([]) beyond imports: its second call in one process."""
+    code = ("import time; from dlexp.config.checks import check_overrides; check_overrides([]); "
             "t = time.perf_counter(); check_overrides([]); print(time.perf_counter() - t)")
     return float(run([sys.executable, "-c", code], cwd=work, env=child_env()).check("check_overrides").stdout)
 
@@ -102,7 +102,7 @@ def main() -> None:
     built = s["built"] - sum(t for _, t in imports)
     breakdown = [[name, f"{t:.2f}"] for name, t in imports] + [
         ["config check, composition, data, net, task (the rest until the callbacks are built)", f"{built:.2f}"],
-        ["  of which dlexp.config.check_overrides (imports excluded)",
+        ["  of which dlexp.config.checks.check_overrides (imports excluded)",
          f"{config_check:.2f}" if config_check is not None else "(full mode)"],
         ["callbacks built -> fit start (loggers, Trainer)", f"{s['fit_start'] - s['built']:.2f}"],
         ["fit start -> first step (Lightning's fit set-up)", f"{s['first_step'] - s['fit_start']:.2f}"],

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from dlexp.config import compose
+from dlexp.config.compose import compose
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

@@ -5,15 +5,14 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import dlexp_bin, needs_fashion, run_dir_of
 
-from dlexp.cli import _gpu_present
-from dlexp.config import conf_dir
+from dlexp.commands.train import gpu_present
+from dlexp.config.compose import conf_dir
 
 RUN_DIR_RE = re.compile(r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$")
 
@@ -113,7 +112,7 @@ def test_default_train_on_digits(run_dlexp):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert "${" not in (run_dir / "config.yaml").read_text(), "config.yaml is not fully resolved"
     assert config["model"]["_target_"].endswith("ConvNet") and config["dataset"]["name"] == "digits"
-    chosen = ["trainer=gpu"] if _gpu_present() else []  # the CLI's choice, recorded so a resume makes the same
+    chosen = ["trainer=gpu"] if gpu_present() else []  # the CLI's choice, recorded so a resume makes the same
     assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == chosen
     assert "== summary ==" in (run_dir / "train.log").read_text()
 

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from dlexp.config import ConfigError, compose
-from dlexp.train import build
+from dlexp.config.compose import compose
+from dlexp.errors import ConfigError
+from dlexp.engine.build import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation, as train.py does
 
@@ -64,8 +65,8 @@ def unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
 def fit(parts: dict) -> Recorder:
     """trainer.fit with a Recorder attached; returns it."""
     recorder = Recorder()
-    parts["trainer"].callbacks.append(recorder)
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    parts.trainer.callbacks.append(recorder)
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
     return recorder
 
 
@@ -122,7 +123,7 @@ def test_model_config_trains_one_step(make_cfg, model, shape):
     logits and a finite loss, and every parameter moves in one optimizer step."""
     cfg = make_cfg(f"model={model}", *FAST, *SHAPES[shape])
     parts = build(cfg, model)
-    dm, task = parts["datamodule"], parts["task"]
+    dm, task = parts.datamodule, parts.task
     assert type(task.net).__name__ == cfg.model._target_.rsplit(".", 1)[1]
     x, y = next(iter(dm.train_dataloader()))
     x = dm.transform(x, training=True)
@@ -186,7 +187,7 @@ def test_generative_model_config_fits(make_cfg, model, shape):
     cfg = make_cfg(f"model={model}", *GEN_SHAPES[shape], "dataset.batch_size=16",
                    f"trainer.limit_train_batches={batches}")
     parts = build(cfg, model)
-    task, trainer = parts["task"], parts["trainer"]
+    task, trainer = parts.task, parts.trainer
     c, s = cfg.dataset.channels, cfg.dataset.image_size
     assert type(task).__name__ == short_name(info["task"])
     assert type(task.net).__name__ == short_name(cfg.model._target_)
@@ -219,7 +220,7 @@ def test_generative_model_config_fits(make_cfg, model, shape):
         assert not unchanged(task.net.decoder, decoder), "decoder parameters that got no update"
         assert not unchanged(task.net, before)
         task.eval()
-        x = parts["datamodule"].example_batch(4)[0]
+        x = parts.datamodule.example_batch(4)[0]
         assert task(x).shape == x.shape
     assert recorder.batches[0] == (torch.float32, (16, c, s, s)) and len(recorder.batches) == batches
     assert (Path(cfg.run_dir) / "samples" / "epoch_0001.png").is_file()
@@ -232,7 +233,7 @@ def test_gan_loss_config_trains_dcgan(make_cfg, gan_loss):
     for WGAN-GP and a Wasserstein estimate for both critics."""
     cfg = make_cfg("model=dcgan", f"gan_loss={gan_loss}", "dataset.batch_size=16")
     parts = build(cfg, "dcgan")
-    task, trainer = parts["task"], parts["trainer"]
+    task, trainer = parts.task, parts.trainer
     loss = task.loss
     assert type(loss).__name__ == short_name(cfg.gan_loss._target_)
     for key, value in OmegaConf.to_container(cfg.gan_loss, resolve=True).items():
@@ -319,7 +320,7 @@ def test_dataset_config_fits(make_cfg, tmp_path, idx_dir, dataset):
     cfg = make_cfg(f"dataset={dataset}", f"model={model}", "dataset.batch_size=8",
                    *dataset_overrides(dataset, tmp_path, idx_dir))
     parts = build(cfg, model)
-    dm, task, trainer = parts["datamodule"], parts["task"], parts["trainer"]
+    dm, task, trainer = parts.datamodule, parts.task, parts.trainer
     c, s = cfg.dataset.channels, cfg.dataset.image_size
     x_train = dm.splits["train"][0]
     assert x_train.shape[1:] == (c, s, s) and x_train.dtype in (torch.uint8, torch.float32)
@@ -359,7 +360,7 @@ def test_optimizer_config_descends(make_cfg, optimizer):
     lower a finite loss and move the weights."""
     cfg = make_cfg(f"optimizer={optimizer}", "model=softmax", *FAST)
     parts = build(cfg, "softmax")
-    dm, task = parts["datamodule"], parts["task"]
+    dm, task = parts.datamodule, parts.task
     opt = task.optimizer_factory(params=task.parameters())
     assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
     group = opt.param_groups[0]
@@ -425,7 +426,7 @@ def test_scheduler_config_follows_schedule(make_cfg, scheduler):
     cfg = make_cfg(f"scheduler={scheduler}", *SCHEDULE_RUN, *extra)
     parts = build(cfg, "softmax")
     recorder = fit(parts)
-    finite_metric(parts["trainer"], "train/loss")
+    finite_metric(parts.trainer, "train/loss")
     lr0 = cfg.optimizer.lr
     assert recorder.steps == list(range(len(recorder.steps))) and len(recorder.steps) >= TOTAL
     assert all(0 < lr < math.inf for lr in recorder.lrs)
@@ -461,10 +462,10 @@ def test_plateau_defaults_reduce_after_patience(make_cfg):
     cfg = make_cfg("scheduler=plateau", *SCHEDULE_RUN, "trainer.max_epochs=1")
     parts = build(cfg, "softmax")
     fit(parts)
-    finite_metric(parts["trainer"], cfg.scheduler.monitor)
+    finite_metric(parts.trainer, cfg.scheduler.monitor)
     assert cfg.scheduler.monitor == "val/loss" and cfg.scheduler.mode == "min"
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    spec = parts["task"].scheduler_factory(opt, TOTAL, PER_EPOCH)
+    spec = parts.task.scheduler_factory(opt, TOTAL, PER_EPOCH)
     assert spec["interval"] == "epoch" and spec["monitor"] == "val/loss"
     lrs = []
     for _ in range(cfg.scheduler.patience + 2):
@@ -487,7 +488,7 @@ def test_regularizer_config_trains(make_cfg, regularizer):
     training, and a debug fit gives finite losses."""
     cfg = make_cfg(f"regularizer={regularizer}", *REG_MODEL, *FAST)
     parts = build(cfg, "mlp")
-    dm, task, trainer = parts["datamodule"], parts["task"], parts["trainer"]
+    dm, task, trainer = parts.datamodule, parts.task, parts.trainer
     reg = task.reg
     for key in ("l1", "l2", "max_norm", "dropout", "label_smoothing"):
         assert getattr(reg, key) == cfg.regularizer[key], key

@@ -16,7 +16,7 @@ import torch
 from conftest import dlexp_bin, run_dir_of
 
 from dlexp.data.datamodule import TensorBatches
-from dlexp.ddp import weights_digest
+from dlexp.callbacks.run_state import weights_digest
 
 pytestmark = pytest.mark.slow
 CPU_DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # 2 gloo processes, also beside a GPU
@@ -25,12 +25,12 @@ TINY = (*CPU_DDP, "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"
 
 
 def workers_in(cwd: Path) -> list[int]:
-    """Pids of DDP workers (python -m dlexp.ddp) started from cwd: left over, they would be orphans."""
+    """Pids of DDP workers (python -m dlexp.engine.ddp_worker) started from cwd: left over, they would be orphans."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"dlexp.ddp" in cmdline and Path(os.readlink(proc / "cwd")) == cwd:
+            if b"dlexp.engine.ddp_worker" in cmdline and Path(os.readlink(proc / "cwd")) == cwd:
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue  # not a process, or gone meanwhile

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_dir_of, write_cifar
-from dlexp.config import compose, groups
+from dlexp.config.compose import compose, groups
 
 # preset -> the jobs its sweep runs (1: a single run)
 PRESETS = {

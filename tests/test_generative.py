@@ -13,13 +13,13 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from dlexp.callbacks.samples import denormalize
-from dlexp.config import ConfigError
+from dlexp.data.datamodule import denormalize
+from dlexp.errors import ConfigError
 from dlexp.losses.gan import (GANLoss, Hinge, LeastSquares, Minimax, NonSaturating, Wasserstein, WassersteinGP,
                               gradient_penalty)
 from dlexp.nets.autoencoders import MLPAutoEncoder, MLPVAE
 from dlexp.tasks.autoencoding import AutoencodingTask
-from dlexp.train import build
+from dlexp.engine.build import Run, build
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")
 
@@ -241,14 +241,14 @@ SMALL_DCGAN = ["model.generator.width=8", "model.discriminator.width=8", "model.
 
 
 def gan_fit(make_cfg, *overrides: str, model: str = "dcgan", extra: tuple[pl.Callback, ...] = (),
-            before_fit=None) -> dict:
+            before_fit=None) -> Run:
     cfg = make_cfg(f"model={model}", *(SMALL_DCGAN if model != "cgan" else ["dataset.batch_size=16"]), *overrides)
     parts = build(cfg, model)
-    parts["cfg"] = cfg
-    parts["trainer"].callbacks.extend(extra)
+    parts.cfg = cfg
+    parts.trainer.callbacks.extend(extra)
     if before_fit is not None:
         before_fit(parts)
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
     return parts
 
 
@@ -284,14 +284,14 @@ def test_wgan_clips_every_critic_weight(make_cfg):
     """model=wgan: after training every D parameter lies in [-0.01, 0.01] and clipping was active (N(0, 0.02)
     init and BN scales near 1 reach the bound); G is not clipped."""
     parts = gan_fit(make_cfg, "trainer.limit_train_batches=10", model="wgan")
-    task = parts["task"]
+    task = parts.task
     assert task.loss.clip_value == 0.01 and task.n_critic == 5
     d_max = max(float(p.abs().max()) for p in task.net.discriminator.parameters())
     assert d_max <= 0.01
     assert d_max == pytest.approx(0.01)
     assert max(float(p.abs().max()) for p in task.net.generator.parameters()) > 0.5
-    metric(parts["trainer"], "train/g_loss")
-    assert metric(parts["trainer"], "train/wasserstein") == pytest.approx(-metric(parts["trainer"], "train/d_loss"))
+    metric(parts.trainer, "train/g_loss")
+    assert metric(parts.trainer, "train/wasserstein") == pytest.approx(-metric(parts.trainer, "train/d_loss"))
 
 
 def test_ema_generator_is_the_lerp_after_one_step(make_cfg):
@@ -299,8 +299,8 @@ def test_ema_generator_is_the_lerp_after_one_step(make_cfg):
     from G; its buffers (BN statistics) are G's; it trains through no optimizer; sample_images draws from it."""
     before = {}
     parts = gan_fit(make_cfg, "task.ema_decay=0.9", "trainer.limit_train_batches=1",
-                    before_fit=lambda p: before.update(snapshot(p["task"].net.generator)))
-    task, trainer = parts["task"], parts["trainer"]
+                    before_fit=lambda p: before.update(snapshot(p.task.net.generator)))
+    task, trainer = parts.task, parts.trainer
     G, ema = task.net.generator, task.generator_ema
     after = snapshot(G)
     moved = 0
@@ -321,7 +321,7 @@ def test_ema_generator_is_the_lerp_after_one_step(make_cfg):
 def test_without_ema_samples_come_from_g(make_cfg):
     """No ema_decay: no EMA copy, and the sample grid is G's image of the fixed noise."""
     parts = gan_fit(make_cfg, "trainer.limit_train_batches=1")
-    task = parts["task"]
+    task = parts.task
     assert task.generator_ema is None
     task.eval()
     torch.testing.assert_close(task.sample_images()[""], task.net.generator(task.fixed_noise))
@@ -333,7 +333,7 @@ def test_ttur_learning_rates_reach_each_optimizer(make_cfg, lrs, expected):
     """task.g_lr / task.d_lr set the lr of G's and D's optimizers (null: optimizer.lr for both); each optimizer
     holds exactly its own net's parameters and keeps the optimizer file's other settings."""
     parts = gan_fit(make_cfg, *lrs, "trainer.limit_train_batches=1")
-    cfg, task, trainer = parts["cfg"], parts["task"], parts["trainer"]
+    cfg, task, trainer = parts.cfg, parts.task, parts.trainer
     expected = expected or (cfg.optimizer.lr, cfg.optimizer.lr)
     opt_g, opt_d = trainer.optimizers
     for opt, net, lr in ((opt_g, task.net.generator, expected[0]), (opt_d, task.net.discriminator, expected[1])):
@@ -359,7 +359,7 @@ def test_each_networks_schedule_follows_its_own_steps(make_cfg):
     own 4 (G's schedule is not advanced on batches where G does not step)."""
     probe = LearningRates()
     parts = gan_fit(make_cfg, "scheduler=cosine", "task.n_critic=2", "trainer.limit_train_batches=8", extra=(probe,))
-    lr = parts["cfg"].optimizer.lr
+    lr = parts.cfg.optimizer.lr
 
     def cosine(step: int, total: int) -> float:
         return lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -407,7 +407,7 @@ def test_d_real_is_a_probability_for_bce_losses_and_the_mean_score_otherwise(mak
     (least squares regresses D(x) to 1, hinge and Wasserstein critics output scores)."""
     probe = FirstScores()
     parts = gan_fit(make_cfg, f"gan_loss={gan_loss}", "trainer.limit_train_batches=1", extra=(probe,))
-    reported = metric(parts["trainer"], "train/d_real_step")
+    reported = metric(parts.trainer, "train/d_real_step")
     raw = probe.real
     expected = torch.sigmoid(raw).mean() if REPORTS[gan_loss] == "probability" else raw.mean()
     assert reported == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
@@ -418,13 +418,13 @@ def test_label_smoothing_reaches_the_d_loss(make_cfg):
     seen = []
 
     def spy(parts):
-        d_loss = parts["task"].loss.d_loss
+        d_loss = parts.task.loss.d_loss
 
         def recording(real, fake, real_label=1.0):
             seen.append(real_label)
             return d_loss(real, fake, real_label)
 
-        parts["task"].loss.d_loss = recording
+        parts.task.loss.d_loss = recording
 
     gan_fit(make_cfg, "task.label_smoothing=0.1", "trainer.limit_train_batches=2", before_fit=spy)
     assert seen == [pytest.approx(0.9)] * 2
@@ -485,7 +485,7 @@ def test_cgan_samples_are_class_by_class(make_cfg):
     """model=cgan: the fixed labels cycle through the classes (100 samples, nrow 10: one class per column),
     the generator gets them for the grid, and they matter (other labels, other images)."""
     parts = gan_fit(make_cfg, "trainer.limit_train_batches=1", model="cgan")
-    cfg, task = parts["cfg"], parts["task"]
+    cfg, task = parts.cfg, parts.task
     assert task.net.num_classes == 10 and cfg.callbacks.samples.nrow == 10
     assert torch.equal(task.fixed_labels, torch.arange(100) % 10)
     calls = []
@@ -555,7 +555,7 @@ def test_sample_grids_are_written_and_the_noise_is_checkpointed(make_cfg, tmp_pa
     overrides = [*GRID, *(SMALL_DCGAN if model == "dcgan" else ["dataset.batch_size=16"])]
     cfg = make_cfg(f"model={model}", *overrides)
     parts = build(cfg, model)
-    task, trainer, dm = parts["task"], parts["trainer"], parts["datamodule"]
+    task, trainer, dm = parts.task, parts.trainer, parts.datamodule
     trainer.fit(task, datamodule=dm)
     samples = tmp_path / "run" / "samples"
     side = 4 * (28 + 2) + 2
@@ -588,8 +588,8 @@ def test_reconstruction_grid_puts_inputs_above_their_reconstructions(make_cfg, t
     with nrow=4 the first grid row holds the first 4 validation inputs and the second row their reconstructions."""
     cfg = make_cfg("model=vae", *GRID, "dataset.batch_size=16")
     parts = build(cfg, "vae")
-    dm = parts["datamodule"]
-    parts["trainer"].fit(parts["task"], datamodule=dm)
+    dm = parts.datamodule
+    parts.trainer.fit(parts.task, datamodule=dm)
     grid = png(tmp_path / "run" / "samples" / "epoch_0001.png")[..., 0].astype(int)
     inputs = dm.splits["val"][0][:4, 0].numpy().astype(int)
 
@@ -603,10 +603,10 @@ def test_reconstruction_grid_puts_inputs_above_their_reconstructions(make_cfg, t
 @pytest.mark.parametrize("model", ["dcgan", "vae"])
 def test_fixed_noise_follows_the_seed(make_cfg, model):
     """Two builds with the same seed draw the same fixed noise (whatever ran between); another seed differs."""
-    first = build(make_cfg(f"model={model}"), model)["task"].fixed_noise
+    first = build(make_cfg(f"model={model}"), model).task.fixed_noise
     torch.randn(100)  # global RNG use between builds must not matter
-    again = build(make_cfg(f"model={model}"), model)["task"].fixed_noise
-    other = build(make_cfg(f"model={model}", "seed=7"), model)["task"].fixed_noise
+    again = build(make_cfg(f"model={model}"), model).task.fixed_noise
+    other = build(make_cfg(f"model={model}", "seed=7"), model).task.fixed_noise
     assert torch.equal(first, again)
     assert first.shape == other.shape and not torch.equal(first, other)
 
@@ -732,8 +732,8 @@ def test_linear_autoencoder_on_points3d_learns_the_pca_plane(make_cfg):
     cfg = make_cfg("model=linear_ae", "dataset=points3d", "trainer.max_epochs=30", "trainer.limit_train_batches=1.0",
                    "trainer.limit_val_batches=1")
     parts = build(cfg, "linear_ae")
-    task, dm = parts["task"], parts["datamodule"]
-    parts["trainer"].fit(task, datamodule=dm)
+    task, dm = parts.task, parts.datamodule
+    parts.trainer.fit(task, datamodule=dm)
     x = dm.splits["train"][0].flatten(1).double()
     centred = x - x.mean(0)
     eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / len(x))
@@ -751,6 +751,6 @@ def test_autoencoder_trains_under_bf16_autocast(make_cfg):
     """trainer.precision=bf16-mixed (the gpu trainer's setting): the reconstruction loss is computed in float32
     outside autocast (CUDA refuses binary_cross_entropy under autocast) and stays finite."""
     parts = build(make_cfg("model=vae", "trainer.precision=bf16-mixed"), "vae")
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
-    loss = parts["trainer"].callback_metrics["train/loss_epoch"]
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
+    loss = parts.trainer.callback_metrics["train/loss_epoch"]
     assert loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -28,15 +28,15 @@ def exact_float32(monkeypatch):
 
 def test_gpu_run_keeps_the_data_on_the_gpu_in_bf16_and_channels_last(make_cfg):
     _, parts = fit(make_cfg, *GPU)
-    parts["trainer"].test(parts["task"], datamodule=parts["datamodule"])  # each split moves when first served
-    for split, (x, y) in parts["datamodule"].splits.items():
+    parts.trainer.test(parts.task, datamodule=parts.datamodule)  # each split moves when first served
+    for split, (x, y) in parts.datamodule.splits.items():
         assert x.device.type == "cuda" and y.device.type == "cuda", f"{split} split was not moved to the GPU"
         assert x.dtype == torch.uint8, f"{split} split is not kept as uint8 (4x the memory)"
-    assert parts["trainer"].strategy.root_device.type == "cuda"  # (Lightning moves the net back to the CPU after)
-    net = parts["task"].net
+    assert parts.trainer.strategy.root_device.type == "cuda"  # (Lightning moves the net back to the CPU after)
+    net = parts.task.net
     assert all(p.dtype == torch.float32 for p in net.parameters())  # fp32 master weights
     assert net.features.layer2[0].weight.is_contiguous(memory_format=torch.channels_last)  # auto: on on a GPU
-    assert parts["trainer"].precision == "bf16-mixed"
+    assert parts.trainer.precision == "bf16-mixed"
 
 
 def test_gpu_float32_trains_to_the_cpu_weights(make_cfg, exact_float32):
@@ -56,7 +56,7 @@ def test_gpu_bf16_channels_last_stays_close_to_float32(make_cfg, exact_float32):
 def test_gpu_compile_trains_to_the_eager_weights(make_cfg, exact_float32):
     eager, _ = fit(make_cfg, *GPU_FP32)
     compiled, parts = fit(make_cfg, *GPU_FP32, "compile=true")
-    assert getattr(parts["task"].net, "_compiled_call_impl", None) is not None, "the net was not compiled"
+    assert getattr(parts.task.net, "_compiled_call_impl", None) is not None, "the net was not compiled"
     worst = max((eager[k] - compiled[k]).abs().max().item() for k in eager)
     assert close(eager, compiled, atol=1e-3), f"largest difference {worst:.2e}"  # inductor sums in its own order
 

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from dlexp.tasks.guard import NonFiniteLoss
-from dlexp.train import build
+from dlexp.engine.build import build
 
 
 def poison(net: torch.nn.Module, calls: set[int]) -> list[int]:
@@ -29,10 +29,10 @@ def poison(net: torch.nn.Module, calls: set[int]) -> list[int]:
 def test_on_nan_stop_raises_before_the_update(make_cfg):
     """The first NaN loss raises NonFiniteLoss naming the step and term; the weights are those after step 1."""
     parts = build(make_cfg("model=mlp", "trainer.limit_train_batches=3"), "mlp")
-    task, trainer = parts["task"], parts["trainer"]
+    task, trainer = parts.task, parts.trainer
     poison(task.net, {1})
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 .*train/loss = nan"):
-        trainer.fit(task, datamodule=parts["datamodule"])
+        trainer.fit(task, datamodule=parts.datamodule)
     assert trainer.global_step == 1
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
@@ -55,9 +55,9 @@ def test_on_nan_skip_skips_only_that_batch(make_cfg):
     changes = Changes()
     parts = build(make_cfg("model=mlp", "trainer.limit_train_batches=3", "on_nan=skip"), "mlp",
                   extra_callbacks=[changes])
-    task, trainer = parts["task"], parts["trainer"]
+    task, trainer = parts.task, parts.trainer
     poison(task.net, {1})
-    trainer.fit(task, datamodule=parts["datamodule"])
+    trainer.fit(task, datamodule=parts.datamodule)
     assert changes.changed == [True, False, True]
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
@@ -66,15 +66,15 @@ def test_gan_nan_skips_the_poisoned_network_step(make_cfg):
     """A GAN with on_nan=skip: a NaN discriminator loss skips that D step only."""
     parts = build(make_cfg("model=dcgan", "trainer.limit_train_batches=3", "on_nan=skip",
                            "dataset.batch_size=16"), "dcgan")
-    task, trainer = parts["task"], parts["trainer"]
+    task, trainer = parts.task, parts.trainer
     poison(task.net.discriminator, {0, 1})  # both D calls of the first D step: real and fake scores
-    trainer.fit(task, datamodule=parts["datamodule"])
+    trainer.fit(task, datamodule=parts.datamodule)
     assert trainer.global_step == 3 * 2 - 1  # 3 G steps + 2 of 3 D steps
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
 
 def test_bad_on_nan_value_is_refused(make_cfg):
-    from dlexp.config import ConfigError
+    from dlexp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="on_nan must be stop or skip"):
         build(make_cfg("on_nan=ignore"), "convnet")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlexp.config import compose
+from dlexp.config.compose import compose
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2", "logger=none"]

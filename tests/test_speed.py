@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlexp.build import build
+from dlexp.engine.build import build
 
 DIGITS_CONVNET = ["dataset=digits", "optimizer=sgd", "model=convnet", "model.channels=[8,16]", "model.kernel_size=3",
                   "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1"]
@@ -17,8 +17,8 @@ DIGITS_CONVNET = ["dataset=digits", "optimizer=sgd", "model=convnet", "model.cha
 
 def fit(make_cfg, *overrides: str) -> tuple[dict[str, torch.Tensor], dict]:
     parts = build(make_cfg(*DIGITS_CONVNET, *overrides), model_name="convnet")
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
-    weights = {k: v.detach().float().contiguous() for k, v in parts["task"].net.state_dict().items()}
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
+    weights = {k: v.detach().float().contiguous() for k, v in parts.task.net.state_dict().items()}
     return weights, parts
 
 
@@ -30,18 +30,18 @@ def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -
 def test_channels_last_trains_to_the_same_weights(make_cfg):
     plain, _ = fit(make_cfg, "channels_last=false")
     fast, parts = fit(make_cfg, "channels_last=true")
-    conv = parts["task"].net.features.layer2[0].weight  # (layer1 has 1 input channel: both formats)
+    conv = parts.task.net.features.layer2[0].weight  # (layer1 has 1 input channel: both formats)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    x, _ = parts["datamodule"].example_batch(4)
+    x, _ = parts.datamodule.example_batch(4)
     assert x.is_contiguous(memory_format=torch.channels_last), "batches are not served channels_last"
     assert close(plain, fast, atol=1e-3)  # oneDNN sums NHWC gradients in another order: ~4e-4 after 6 steps
 
 
 def test_channels_last_auto_is_off_on_cpu_and_a_bad_value_is_refused(make_cfg):
-    from dlexp.config import ConfigError
+    from dlexp.errors import ConfigError
 
     _, parts = fit(make_cfg, "channels_last=auto")
-    assert parts["task"].net.features.layer2[0].weight.is_contiguous()
+    assert parts.task.net.features.layer2[0].weight.is_contiguous()
     with pytest.raises(ConfigError, match="channels_last must be true, false or auto"):
         build(make_cfg(*DIGITS_CONVNET, "channels_last=sometimes"), model_name="convnet")
 
@@ -49,7 +49,7 @@ def test_channels_last_auto_is_off_on_cpu_and_a_bad_value_is_refused(make_cfg):
 def test_bf16_autocast_on_cpu_stays_close_to_float32(make_cfg):
     plain, _ = fit(make_cfg, "trainer.precision=32-true")
     mixed, parts = fit(make_cfg, "trainer.precision=bf16-mixed")
-    assert all(p.dtype == torch.float32 for p in parts["task"].net.parameters())  # fp32 master weights
+    assert all(p.dtype == torch.float32 for p in parts.task.net.parameters())  # fp32 master weights
     assert not close(plain, mixed, atol=1e-6) and close(plain, mixed, atol=0.05)  # ran in bf16, trained the same
 
 
@@ -57,7 +57,7 @@ def test_bf16_autocast_on_cpu_stays_close_to_float32(make_cfg):
 def test_torch_compile_trains_to_the_same_weights(make_cfg):
     plain, _ = fit(make_cfg)
     compiled, parts = fit(make_cfg, "compile=true")
-    assert getattr(parts["task"].net, "_compiled_call_impl", None) is not None, "the net was not compiled"
+    assert getattr(parts.task.net, "_compiled_call_impl", None) is not None, "the net was not compiled"
     assert close(plain, compiled, atol=1e-5)
 
 

@@ -12,25 +12,25 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from dlexp.callbacks.training import EarlyStopping, Freeze, GradientClipping
-from dlexp.config import ConfigError
+from dlexp.errors import ConfigError
 from dlexp.losses.regularizers import Regularization, penalized
 from dlexp.nets.classifiers import MLP
 from dlexp.optim import CosineDecay, ExponentialDecay, Multiplier, StepDecay
-from dlexp.train import build
-from dlexp.transfer import load_matching
+from dlexp.engine.build import Run, build
+from dlexp.engine.transfer import load_matching
 
 # fake data (461 train / 51 val images of 1x28x28), 3 train and 2 val batches per epoch (trainer=debug)
 FAKE_MLP = ["dataset=fake", "model=mlp", "model.hidden=[16]"]
 SMALL_CONVNET = ["dataset=fake", "model=convnet", "model.channels=[4,8]"]
 
 
-def run(make_cfg, *overrides: str, extra: tuple[pl.Callback, ...] = (), before_fit=None) -> dict:
+def run(make_cfg, *overrides: str, extra: tuple[pl.Callback, ...] = (), before_fit=None) -> Run:
     """build() a composed config, append `extra` callbacks after the configured ones, fit; returns build's parts."""
     parts = build(make_cfg(*overrides), model_name="test")
-    parts["trainer"].callbacks.extend(extra)
+    parts.trainer.callbacks.extend(extra)
     if before_fit is not None:
         before_fit(parts)
-    parts["trainer"].fit(parts["task"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
     return parts
 
 
@@ -78,7 +78,7 @@ def test_penalty_is_l1_abs_plus_l2_squares_over_weight_matrices_only(l1, l2):
 def test_l2_run_with_every_weight_frozen_trains_biases_only(make_cfg):
     """Bias-only fine-tuning (all weight matrices frozen) with regularizer=l2 trains, with a zero penalty."""
     parts = run(make_cfg, *FAKE_MLP, "regularizer=l2", "callbacks=freeze", "callbacks.freeze.patterns=[weight$]")
-    assert float(parts["trainer"].callback_metrics["train/reg_loss"]) == 0.0
+    assert float(parts.trainer.callback_metrics["train/reg_loss"]) == 0.0
 
 
 def test_apply_max_norm_caps_every_units_incoming_weight_norm():
@@ -102,7 +102,7 @@ def test_apply_max_norm_caps_every_units_incoming_weight_norm():
 def test_max_norm_run_keeps_trained_weights_within_bound(make_cfg):
     """A run with regularizer=max_norm ends with every unit's incoming weight norm <= max_norm."""
     parts = run(make_cfg, *FAKE_MLP, "regularizer=max_norm", "regularizer.max_norm=0.5", "trainer.max_epochs=2")
-    net = parts["task"].net
+    net = parts.task.net
     assert row_norms(net.layer1[0].weight).max() <= 0.5 + 1e-5  # He init gives ~1.4 per row here
     assert row_norms(net.out.weight).max() <= 0.5 + 1e-5
     assert row_norms(net.layer1[0].weight).min() > 0.45  # the constraint was active, not trivially met
@@ -127,14 +127,14 @@ def test_l2_run_logs_reg_loss_and_shrinks_weights(make_cfg):
     common = [*FAKE_MLP, "optimizer=sgd", "optimizer.lr=0.1", "trainer.max_epochs=2", "seed=3"]
     plain = run(make_cfg, *common)
     reg = run(make_cfg, *common, "regularizer=l2", "regularizer.l2=0.05")
-    metrics = reg["trainer"].callback_metrics
-    assert "train/reg_loss" in metrics and "train/reg_loss" not in plain["trainer"].callback_metrics
-    squares = sum(w.detach().pow(2).sum() for w in penalized(reg["task"].net))
+    metrics = reg.trainer.callback_metrics
+    assert "train/reg_loss" in metrics and "train/reg_loss" not in plain.trainer.callback_metrics
+    squares = sum(w.detach().pow(2).sum() for w in penalized(reg.task.net))
     # the last step's penalty was taken just before the last update: close to the final weights' penalty
     assert float(metrics["train/reg_loss_step"]) == pytest.approx(0.05 * float(squares), rel=0.05)
     for name in ("layer1.0.weight", "out.weight"):
-        reg_norm = reg["task"].net.get_parameter(name).norm()
-        plain_norm = plain["task"].net.get_parameter(name).norm()
+        reg_norm = reg.task.net.get_parameter(name).norm()
+        plain_norm = plain.task.net.get_parameter(name).norm()
         assert reg_norm < 0.98 * plain_norm, name
 
 
@@ -158,7 +158,7 @@ def test_label_smoothing_changes_the_training_loss(make_cfg):
         net = MLP(1, 28, 10, hidden=[16], activation="elu")  # conf/model/mlp.yaml
         net.load_state_dict(probe.weights)
         expected = F.cross_entropy(net(x), y, label_smoothing=smoothing)
-        losses[smoothing] = float(parts["trainer"].callback_metrics["train/loss_step"])
+        losses[smoothing] = float(parts.trainer.callback_metrics["train/loss_step"])
         assert losses[smoothing] == pytest.approx(float(expected), rel=1e-5)
     assert abs(losses[0.2] - losses[0.0]) > 1e-3
 
@@ -189,8 +189,8 @@ def test_exponential_schedule_in_a_run(make_cfg):
     """scheduler=exponential steps every batch: after 6 steps lr = lr0 * rate ** (6 / decay_steps)."""
     parts = run(make_cfg, *FAKE_MLP, "scheduler=exponential", "scheduler.decay_rate=0.5", "scheduler.decay_steps=3",
                 "trainer.max_epochs=2")
-    assert parts["trainer"].global_step == 6
-    assert parts["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 2, rel=1e-9)
+    assert parts.trainer.global_step == 6
+    assert parts.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 2, rel=1e-9)
 
 
 def test_warmup_ramps_linearly_then_hands_over_to_decay():
@@ -299,13 +299,13 @@ def test_freeze_keeps_frozen_tensors_and_batch_norm_stats_fixed(make_cfg):
     state = {}
 
     def before(parts):
-        state["init"] = snapshot(parts["task"].net)
-        state["modes"] = NormModes(parts["trainer"], parts["task"].net.features.layer1[1])
+        state["init"] = snapshot(parts.task.net)
+        state["modes"] = NormModes(parts.trainer, parts.task.net.features.layer1[1])
 
     parts = run(make_cfg, *SMALL_CONVNET, "callbacks=freeze", "callbacks.freeze.cache=false", "trainer.max_epochs=2", before_fit=before)
-    freeze = callback_of(parts["trainer"], Freeze)
+    freeze = callback_of(parts.trainer, Freeze)
     assert freeze.frozen_names == [f"net.features.layer1.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")]
-    init, final = state["init"], snapshot(parts["task"].net)
+    init, final = state["init"], snapshot(parts.task.net)
     layer1 = [k for k in init if k.startswith("features.layer1.")]
     assert "features.layer1.1.running_mean" in layer1 and "features.layer1.1.running_var" in layer1
     for k in layer1:
@@ -327,7 +327,7 @@ def test_unfreeze_at_epoch_trains_frozen_layers_again(make_cfg):
     state = {}
     run(make_cfg, "dataset=fake", "model=mlp", "model.hidden=[16,16]", "callbacks=freeze",
         "callbacks.freeze.unfreeze_at_epoch=1", "trainer.max_epochs=2", extra=(Keep(),),
-        before_fit=lambda parts: state.update(init=snapshot(parts["task"].net.layer1)))
+        before_fit=lambda parts: state.update(init=snapshot(parts.task.net.layer1)))
     for k, v in state["init"].items():
         assert torch.equal(after_epoch[0][k], v), k
         assert not torch.equal(after_epoch[1][k], v), k
@@ -338,8 +338,8 @@ def test_unfrozen_batch_norm_trains_again(make_cfg):
     state = {}
 
     def before(parts):
-        bn = parts["task"].net.features.layer1[1]
-        state.update(bn=bn, mean=bn.running_mean.clone(), modes=NormModes(parts["trainer"], bn))
+        bn = parts.task.net.features.layer1[1]
+        state.update(bn=bn, mean=bn.running_mean.clone(), modes=NormModes(parts.trainer, bn))
 
     run(make_cfg, *SMALL_CONVNET, "callbacks=freeze", "callbacks.freeze.unfreeze_at_epoch=1", "trainer.max_epochs=2",
         before_fit=before)
@@ -369,13 +369,13 @@ def test_early_stopping_checks_every_n_epochs_and_stops(make_cfg, stall, patienc
     checks = []
 
     def spy(parts):
-        es = callback_of(parts["trainer"], EarlyStopping)
+        es = callback_of(parts.trainer, EarlyStopping)
         original = es._run_early_stopping_check
         es._run_early_stopping_check = lambda trainer: (checks.append(trainer.current_epoch), original(trainer))
 
     parts = run(make_cfg, *FAKE_MLP, *how, "callbacks=early_stopping", f"callbacks.early_stopping.patience={patience}",
                 "callbacks.early_stopping.check_every_n_epochs=2", "trainer.max_epochs=20", before_fit=spy)
-    trainer = parts["trainer"]
+    trainer = parts.trainer
     assert checks == list(range(1, stop_epoch + 1, 2))
     assert callback_of(trainer, EarlyStopping).stopped_epoch == stop_epoch
     assert trainer.current_epoch == stop_epoch + 1  # epochs 0..stop_epoch ran, far short of max_epochs=20
@@ -410,7 +410,7 @@ def test_grad_clip_by_norm_bounds_the_global_grad_norm(make_cfg):
                 "trainer.max_epochs=2", extra=(probe,))
     assert len(probe.norms) == 6
     assert max(probe.norms) <= 0.05 + 1e-5
-    assert float(parts["trainer"].callback_metrics["train/grad_norm"]) > 0.05  # pre-clip norm, logged
+    assert float(parts.trainer.callback_metrics["train/grad_norm"]) > 0.05  # pre-clip norm, logged
     assert min(probe.norms) == pytest.approx(0.05, rel=1e-3)  # clipped to the threshold, not below
 
 
@@ -441,7 +441,7 @@ def source_run(make_cfg, tmp_path):
     parts = run(make_cfg, "dataset=fake", "model=mlp", "model.hidden=[32]", "callbacks=checkpoint")
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    return run_dir, parts["task"].net
+    return run_dir, parts.task.net
 
 
 def target_net(hidden: list[int]) -> MLP:
@@ -505,7 +505,7 @@ def test_run_directory_is_accepted_as_source(source_run, tmp_path, make_cfg):
 
     parts = build(make_cfg("dataset=fake", "model=mlp", "model.hidden=[32,16]", f"model.init_from={other}",
                            "model.init_include=['^layer1\\.']"), model_name="mlp")
-    built = parts["task"].net
+    built = parts.task.net
     assert torch.equal(built.layer1[0].weight, source.layer1[0].weight)
     assert torch.equal(built.layer1[0].bias, source.layer1[0].bias)
     assert not torch.equal(built.out.bias, source.out.bias)
@@ -529,7 +529,7 @@ def test_load_matching_with_nothing_matching_raises(source_run):
 def test_same_seed_gives_identical_weights_and_another_seed_differs(make_cfg):
     """Two build()+fit runs with seed 7 end bit-identical on CPU; seed 8 ends elsewhere."""
     common = [*FAKE_MLP, "trainer.max_epochs=2"]
-    a, b, c = (snapshot(run(make_cfg, *common, f"seed={s}")["task"].net) for s in (7, 7, 8))
+    a, b, c = (snapshot(run(make_cfg, *common, f"seed={s}").task.net) for s in (7, 7, 8))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layer1.0.weight"], c["layer1.0.weight"])
 
@@ -550,5 +550,5 @@ def test_val_acc_best_is_the_running_max_of_val_acc(make_cfg):
     assert any(b < a for a, b in zip(accs, accs[1:])), "val/acc never dropped: the test would not tell max from last"
     for i, (_, best) in enumerate(seen):
         assert best == pytest.approx(max(accs[: i + 1]))
-    assert float(parts["trainer"].callback_metrics["val/acc_best"]) == pytest.approx(max(accs))
-    assert parts["task"].val_acc_best == pytest.approx(max(accs))
+    assert float(parts.trainer.callback_metrics["val/acc_best"]) == pytest.approx(max(accs))
+    assert parts.task.val_acc_best == pytest.approx(max(accs))

@@ -90,10 +90,10 @@ def main(args: list[str]) -> int:
     if opts.mode == "codes":
         print(f"wrote {plot_codes(run, out)}")
         return 0
+    if not hasattr(run.net_class(), "sample"):
+        raise ConfigError(f"{run.path} trained {run.config()['model']['_target_']}, which has no generator or prior "
+                          "to sample from; dlexp sample works on GAN and VAE runs")
     net = restore_net(run, ema=True)
-    if not hasattr(net, "sample"):
-        raise ConfigError(f"{run.path} trained {type(net).__name__}, which has no generator or prior to sample from; "
-                          "dlexp sample works on GAN and VAE runs")
     z, labels, nrow = latents(net, opts)
     with torch.no_grad():
         images = net.sample(z, labels)

@@ -88,9 +88,7 @@ def train_job(cfg: DictConfig) -> float | None:
     In a sweep, a run that fails is recorded (metrics.json, the summary) and the sweep goes on; an interrupted
     one stops the sweep.
     """
-    from dlexp.engine.execute import (
-        execute,  # deferred: config errors come before torch and Lightning load (2 s)
-    )
+    from dlexp.engine.execute import execute  # deferred: config errors come before torch and Lightning load
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN

@@ -69,18 +69,10 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
     os.environ.update(MASTER_ADDR=environment.main_address, MASTER_PORT=str(environment.main_port),
                       NODE_RANK=str(environment.node_rank()), WORLD_SIZE=str(processes(trainer)), LOCAL_RANK="0")
-    payload = json.dumps(job).encode()
     workers: dict[int, subprocess.Popen] = {}
     done = threading.Event()
     try:
-        for local_rank in range(1, strategy.num_processes):
-            # own session: a Ctrl-C reaches rank 0 only, which stops every rank after the same batch (StopOnSignal)
-            env = {**os.environ, "LOCAL_RANK": str(local_rank)}
-            worker = subprocess.Popen([sys.executable, "-m", "dlexp.engine.ddp_worker"], env=env, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, start_new_session=True)
-            workers[local_rank] = worker
-            worker.stdin.write(payload)
-            worker.stdin.close()
+        _start_workers(workers, strategy.num_processes, json.dumps(job).encode())
         for local_rank, worker in workers.items():
             _wait_ready(local_rank, worker)
         threading.Thread(target=_watch, args=(workers, done, fail), daemon=True).start()
@@ -105,6 +97,18 @@ def local_ranks(trainer: Any, job: dict[str, Any], fail: Callable[[str], None]) 
                 os.environ[key] = value
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # the next job of a sweep makes its own group
+
+
+def _start_workers(workers: dict[int, subprocess.Popen], processes: int, payload: bytes) -> None:
+    """Start local ranks 1..processes-1 (into `workers` as they start), each given the job on stdin."""
+    for local_rank in range(1, processes):
+        # own session: a Ctrl-C reaches rank 0 only, which stops every rank after the same batch (StopOnSignal)
+        env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+        worker = subprocess.Popen([sys.executable, "-m", "dlexp.engine.ddp_worker"], env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, start_new_session=True)
+        workers[local_rank] = worker
+        worker.stdin.write(payload)
+        worker.stdin.close()
 
 
 def _lost_connection(error: BaseException) -> bool:

@@ -118,7 +118,14 @@ class RunDir:
 
     def task_class(self) -> type | None:
         """The class of the run's task (what it declares it can do: eval, sampling), None if it cannot be found."""
+        return self._class("task")
+
+    def net_class(self) -> type | None:
+        """The class of the run's net (a GAN or VAE has sample()), None if it cannot be found."""
+        return self._class("model")
+
+    def _class(self, section: str) -> type | None:
         try:
-            return _locate(str(self.config().get("task", {}).get("_target_", "")))
+            return _locate(str(self.config().get(section, {}).get("_target_", "")))
         except Exception:
             return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -101,9 +102,21 @@ class AdversarialTask(pl.LightningModule):
         x, y = batch
         labels = self._labels(y)
         opt_g, opt_d = self.optimizers()
-        G, D = self.net.generator, self.net.discriminator
+        self._critic_step(opt_d, x, labels, batch_idx)
+        generator_turn = (batch_idx + 1) % self.n_critic == 0  # G steps once every n_critic batches
+        if generator_turn:
+            self._generator_step(opt_g, x, labels, batch_idx)
+        # each schedule advances with its own optimizer's steps: D every batch, G every n_critic batches
+        schedulers = self.lr_schedulers()
+        if schedulers:
+            sched_g, sched_d = schedulers
+            sched_d.step()
+            if generator_turn:
+                sched_g.step()
 
-        # discriminator / critic step
+    def _critic_step(self, opt_d: Any, x: torch.Tensor, labels: torch.Tensor | None, batch_idx: int) -> None:
+        """One discriminator / critic step on a real batch and as many samples of G (not trained here)."""
+        G, D = self.net.generator, self.net.discriminator
         z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
         with torch.no_grad():
             fake = G(z, labels)
@@ -133,25 +146,18 @@ class AdversarialTask(pl.LightningModule):
                 self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True,
                          sync_dist=True)
 
-        # generator step, once every n_critic batches
-        if (batch_idx + 1) % self.n_critic == 0:
-            self.toggle_optimizer(opt_g)
-            z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
-            g_loss = self.loss.g_loss(D(self._noisy(G(z, labels), batch_idx), labels))
-            if all_finite(self, self.on_nan, {"train/g_loss": g_loss}):
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
-                self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
-            self.untoggle_optimizer(opt_g)
-            self._update_ema()
-        # each schedule advances with its own optimizer's steps: D every batch, G every n_critic batches
-        schedulers = self.lr_schedulers()
-        if schedulers:
-            sched_g, sched_d = schedulers
-            sched_d.step()
-            if (batch_idx + 1) % self.n_critic == 0:
-                sched_g.step()
+    def _generator_step(self, opt_g: Any, x: torch.Tensor, labels: torch.Tensor | None, batch_idx: int) -> None:
+        """One generator step against the current critic; then the EMA copy follows."""
+        self.toggle_optimizer(opt_g)
+        z = torch.randn(x.shape[0], self.net.latent_dim, device=x.device)
+        g_loss = self.loss.g_loss(self.net.discriminator(self._noisy(self.net.generator(z, labels), batch_idx), labels))
+        if all_finite(self, self.on_nan, {"train/g_loss": g_loss}):
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.untoggle_optimizer(opt_g)
+        self._update_ema()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
