@@ -197,8 +197,16 @@ class LastCheckpoint(ModelCheckpoint):
                          save_on_train_epoch_end=True)
         self._every_n_epochs = 1  # and after every epoch as well
 
-    # the epoch-end save must happen even when the step trigger fired on the epoch's last batch: that save
-    # came before validation, and resuming from it would lose the epoch's validation (best score, patience)
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # no step save on an epoch's last batch: the epoch-end save follows at once, and a checkpoint taken between
+        # the two (batch processed, not completed) resumes past the epoch's end hooks and the next epoch's start
+        # (found by killing runs mid-write: tests/e2e/test_kill_resume.py)
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    # the epoch-end save must happen even when the step trigger fired just before: that save came before
+    # validation, and resuming from it would lose the epoch's validation (best score, patience)
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_global_step_saved = -1
         super().on_train_epoch_end(trainer, pl_module)

@@ -6,7 +6,7 @@ The run: WGAN-GP on digits, n_critic 5, 12 training batches per epoch, 2 epochs.
 step and every 5th batch also a generator step, so an epoch is 14 global steps. With
 callbacks.checkpoint.every_n_train_steps=3, last.ckpt is written at global steps 3, 6, 9, 12 (batches 3, 5, 8,
 10 of epoch 0), at epoch 0's end (step 14), at 15, 18, 21, 24, 27 in epoch 1 and at its end (28). No step
-save falls on an epoch's last batch (see test_kill_while_the_epoch_end_save_follows_a_last_batch_save for that).
+save falls on an epoch's last batch here (LastCheckpoint skips them there: the last test).
 
 The poller reads each new last.ckpt (os.replace makes every version complete) and kills as soon as the
 wanted one is in place. For a kill during a write, a sitecustomize in the child slows the fsync of checkpoint
@@ -247,15 +247,15 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(reference, tmp_path, p
     assert_equals_reference(reference, load(run_dir / "checkpoints" / "last.ckpt"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a step save on an epoch's last batch (processed == N, completed == N - 1) makes Lightning resume past that "
-    "epoch's on_train_epoch_end and the next epoch's on_train_epoch_start (epoch counters differ; hooks such as "
-    "Freeze(unfreeze_at_epoch) never run): LastCheckpoint should skip the step trigger on an epoch's last batch"))
-def test_kill_while_the_epoch_end_save_follows_a_last_batch_save(reference, tmp_path):
-    """every_n_train_steps=7 fires on epoch 0's last batch (step 14), just before the epoch-end save; a kill
-    while that epoch-end save is being written must resume as exactly as any other kill."""
+def test_kill_during_the_epoch_end_save_when_the_step_trigger_falls_on_the_last_batch(reference, tmp_path):
+    """every_n_train_steps=7 falls on epoch 0's last batch (step 14), where the epoch-end save follows at once: only
+    the epoch-end save is written there (a step save, its batch processed but not completed, resumed past the epoch's
+    end hooks and the next epoch's start). A kill during that write resumes as exactly as any other kill."""
     run_dir, at_kill, temps = kill_then_resume(
-        tmp_path, "last_batch", lambda w: w.writing("epoch_end"), lambda p: p["epochs_processed"] == 0,
+        tmp_path, "last_batch", lambda w: w.writing("epoch_end"),
+        lambda p: p["global_step"] == 7 and p["epochs_processed"] == 0,
         steps="callbacks.checkpoint.every_n_train_steps=7", slow_saves=True)
     assert temps, "the kill did not land inside a checkpoint write"
+    saves = [line.split()[0] for line in (run_dir.parents[2] / "saves.log").read_text().splitlines()]
+    assert saves == ["batch_end", "epoch_end"], f"saves before the kill: {saves} (step 7, then the epoch's end)"
     assert_equals_reference(reference, load(run_dir / "checkpoints" / "last.ckpt"))
