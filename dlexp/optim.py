@@ -1,7 +1,7 @@
 """Learning-rate schedules, each built from (optimizer, total_steps, steps_per_epoch) into a Lightning scheduler dict.
 
 The per-batch schedules are LambdaLR multipliers written as small dataclasses, so their state is
-plain numbers in the checkpoint (C4) and a linear warmup composes with any of them.
+plain numbers in the checkpoint (docs/contracts.md, C4) and a linear warmup composes with any of them.
 """
 from __future__ import annotations
 
