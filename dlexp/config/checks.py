@@ -143,25 +143,47 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
     if missing:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
     _check_monitor(cfg)
+    _check_input_kind(cfg)
     return cfg
+
+
+def _declared(node: Any, attribute: str) -> Any:
+    """A class attribute of a config node's `_target_` (None when undeclared or not importable yet)."""
+    try:
+        return getattr(_locate(node._target_), attribute, None)
+    except Exception:  # a target that cannot be imported is reported when the run is built
+        return None
+
+
+def _check_input_kind(cfg: DictConfig) -> None:
+    """The model's nets take the dataset's kind of data (nets declare `input_kinds`, datasets their `kind`)."""
+    dataset, model = cfg.get("dataset"), cfg.get("model")
+    if not isinstance(dataset, DictConfig) or not isinstance(model, DictConfig) or "_target_" not in dataset:
+        return
+    kind = dataset.get("kind") or _declared(dataset, "kind")
+    nets = [model] + [model[k] for k in ("generator", "discriminator")
+                      if isinstance(model.get(k), DictConfig) and "_target_" in model[k]]
+    for node in (n for n in nets if "_target_" in n):
+        kinds = _declared(node, "input_kinds")
+        if kind and kinds and kind not in kinds:
+            name = cfg.get("dataset", {}).get("name", "?")
+            raise ConfigError(f"model {node._target_.rsplit('.', 1)[-1]} takes {' or '.join(kinds)} data; dataset "
+                              f"'{name}' is {kind} data (dataset.kind): choose a model for {kind} data "
+                              "(dlexp list model)")
 
 
 def _check_monitor(cfg: DictConfig) -> None:
     """`monitor` must name a metric the run logs: one its task or callbacks declare in `logged_metrics`."""
-    def declared(node: Any) -> tuple[str, ...] | None:
-        try:
-            return getattr(_locate(node._target_), "logged_metrics", None)
-        except Exception:  # a target that cannot be imported is reported when the run is built
-            return None
-
     monitor = cfg.get("monitor")
     task = cfg.get("task")
-    if not monitor or not isinstance(task, DictConfig) or "_target_" not in task or declared(task) is None:
+    if not monitor or not isinstance(task, DictConfig) or "_target_" not in task:
         return
-    names = set(declared(task))
+    names = set(_declared(task, "logged_metrics") or ())
+    if not names:
+        return
     for callback in (cfg.get("callbacks") or {}).values():
         if isinstance(callback, DictConfig) and "_target_" in callback:
-            names |= set(declared(callback) or ())
+            names |= set(_declared(callback, "logged_metrics") or ())
     if monitor not in names:
         raise ConfigError(f"monitor '{monitor}' is not a metric this run logs{did_you_mean(monitor, sorted(names))}; "
                           f"it logs: {', '.join(sorted(names))}")
@@ -207,8 +229,6 @@ def _check_added(cfg: DictConfig, key: str, known: dict[str, list[str]]) -> None
 
 def _parameters(target: str) -> set[str] | None:
     """Keyword parameters of a _target_ (None when it takes **kwargs or cannot be inspected)."""
-
-
     try:
         obj = _locate(target)
         signature = inspect.signature(obj)

@@ -70,62 +70,69 @@ class TensorBatches:
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 
-class ImageDataModule(pl.LightningDataModule):
-    """Loads a source once, splits off a seeded validation set and serves device-resident batches."""
+class TensorDataModule(pl.LightningDataModule):
+    """A whole dataset held as tensors: loaded once from a source, split (a seeded validation share, or fold `fold`
+    of `folds` for K-fold validation), served as device-resident index batches.
 
-    def __init__(
-        self,
-        source: Callable[[], ImageData],
-        name: str,
-        channels: int,
-        image_size: int,
-        num_classes: int,
-        mean: list[float],
-        std: list[float],
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        flip: bool = False,
-        translate: int = 0,
-        seed: int = 0,
-    ) -> None:
+    Subclasses declare what they hold (`kind`: image, tokens, multi_hot, tabular, signal, chars; nets declare the
+    kinds they take) and how a batch becomes the net's input (`transform`).
+    """
+
+    kind = "tensor"
+
+    def __init__(self, source: Callable[[], ImageData], name: str, num_classes: int, batch_size: int = 64,
+                 val_fraction: float = 0.1, split_seed: int = 0, folds: int = 0, fold: int = 0, seed: int = 0) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
             raise ValueError(f"dataset.batch_size must be positive, got {batch_size}")
-        self.source, self.name = source, name
-        self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
+        if folds == 1 or folds < 0 or (folds and not 0 <= fold < folds):
+            raise ValueError(f"K-fold needs dataset.folds >= 2 and 0 <= dataset.fold < folds, got folds={folds}, "
+                             f"fold={fold}")
+        self.source, self.name, self.num_classes = source, name, num_classes
         self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
-        self.flip, self.translate, self.seed = flip, translate, seed
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.folds, self.fold, self.seed = folds, fold, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.memory_format = torch.contiguous_format  # build.py sets channels_last for conv nets where it pays
-        self.features_cached = False  # splits hold a frozen prefix's outputs, served untransformed (dlexp/cache.py)
+        self.features_cached = False  # splits hold a frozen prefix's outputs, served untransformed (frozen_cache.py)
 
     def load(self) -> None:
-        """Read the source and split train/val; idempotent, so train.py can call it early to fail fast."""
+        """Read the source, check it against the declared shape, split train/val; idempotent (build calls it early
+        to fail fast)."""
         if self.splits:
             return
         data = self.source()
-        shape = tuple(data.train_x.shape[1:])
-        if shape != (self.channels, self.image_size, self.image_size):
-            raise ValueError(
-                f"dataset '{self.name}' holds images of shape {shape} but its config declares "
-                f"channels={self.channels}, image_size={self.image_size}"
-            )
-        top = int(max(data.train_y.max(), data.test_y.max()))
-        if top >= self.num_classes:
-            raise ValueError(f"dataset '{self.name}' has label {top} but num_classes={self.num_classes}")
-        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(self.split_seed))
-        n_val = int(len(perm) * self.val_fraction)
-        val, train = perm[:n_val], perm[n_val:]
+        self.check(data)
+        train, val = self._split(len(data.train_y))
         self.splits = {
             "train": (data.train_x[train], data.train_y[train]),
             "val": (data.train_x[val], data.train_y[val]),
             "test": (data.test_x, data.test_y),
         }
+        self.fit_statistics(self.splits["train"][0])
+
+    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train indices, validation indices) of the source's training part."""
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        if self.folds:  # K-fold: the validation set is the fold-th of K near-equal parts of one seeded order
+            parts = perm.tensor_split(self.folds)
+            return torch.cat([q for i, q in enumerate(parts) if i != self.fold]), parts[self.fold]
+        n_val = int(n * self.val_fraction)
+        return perm[n_val:], perm[:n_val]
+
+    def check(self, data: ImageData) -> None:
+        """Refuse data that does not fit the declared shape or number of classes (a ValueError naming the key)."""
+        if self.num_classes > 0 and not torch.is_floating_point(data.train_y):
+            top = int(max(data.train_y.max(), data.test_y.max()))
+            if top >= self.num_classes:
+                raise ValueError(f"dataset '{self.name}' has label {top} but num_classes={self.num_classes}")
+
+    def fit_statistics(self, train_x: torch.Tensor) -> None:
+        """Learn what the transform needs from the training split only (nothing by default)."""
+
+    def transform(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """A batch as the net takes it (identity by default)."""
+        return x
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
@@ -190,6 +197,33 @@ class ImageDataModule(pl.LightningDataModule):
             chunks = [prefix(self.transform(chunk.to(device), training=False)) for chunk in x.split(batch_size)]
             self.splits[split] = (torch.cat(chunks), y.to(device))
         self.features_cached = True
+
+
+class ImageDataModule(TensorDataModule):
+    """Images (N, C, H, W) as uint8 (or float for the PCA points): normalised by the configured mean/std and
+    augmented as whole batches on the device."""
+
+    kind = "image"
+
+    def __init__(self, source: Callable[[], ImageData], name: str, channels: int, image_size: int, num_classes: int,
+                 mean: list[float], std: list[float], batch_size: int = 64, val_fraction: float = 0.1,
+                 split_seed: int = 0, flip: bool = False, translate: int = 0, folds: int = 0, fold: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__(source, name, num_classes, batch_size, val_fraction, split_seed, folds, fold, seed)
+        self.channels, self.image_size = channels, image_size
+        self.flip, self.translate = flip, translate
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.memory_format = torch.contiguous_format  # build.py sets channels_last for conv nets where it pays
+
+    def check(self, data: ImageData) -> None:
+        shape = tuple(data.train_x.shape[1:])
+        if shape != (self.channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"dataset '{self.name}' holds images of shape {shape} but its config declares "
+                f"channels={self.channels}, image_size={self.image_size}"
+            )
+        super().check(data)
 
     def transform(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, with the whole-batch augmentations when training."""

@@ -29,6 +29,8 @@ def _dense(sizes: list[int], activation: str) -> nn.Sequential:
 class MLPAutoEncoder(nn.Module):
     """The notes' stacked autoencoder: 784 -> 300 -> 200 -> 100 (code) -> 200 -> 300 -> 784, ELU."""
 
+    input_kinds = ("image",)  # the data kinds it takes (checked against dataset.kind before a run)
+
     variational = False
 
     def __init__(self, in_channels: int, image_size: int, hidden: list[int] = (300, 200, 100), activation: str = "elu",
@@ -51,6 +53,8 @@ class MLPAutoEncoder(nn.Module):
 class LinearAutoEncoder(nn.Module):
     """Linear encoder and decoder with MSE: it learns the PCA subspace (the notes' 3-D points -> 2-D code)."""
 
+    input_kinds = ("image",)
+
     variational = False
 
     def __init__(self, in_channels: int, image_size: int, code_dim: int = 2, output: str = "linear") -> None:
@@ -69,6 +73,8 @@ class LinearAutoEncoder(nn.Module):
 
 class ConvAutoEncoder(nn.Module):
     """Stride-2 conv encoder to a dense code, transposed-conv decoder back to the image."""
+
+    input_kinds = ("image",)
 
     variational = False
 
@@ -102,6 +108,8 @@ class ConvAutoEncoder(nn.Module):
 class MLPVAE(nn.Module):
     """The notes' VAE: 784 -> 300 -> 100 -> (mu, logvar) of a 20-d latent -> 100 -> 300 -> 784, ELU, He init."""
 
+    input_kinds = ("image",)
+
     variational = True
 
     def __init__(self, in_channels: int, image_size: int, hidden: list[int] = (300, 100), latent_dim: int = 20,
@@ -133,6 +141,8 @@ class MLPVAE(nn.Module):
 
 class ConvVAE(nn.Module):
     """The Keras-book conv VAE: conv32, conv64/2, conv64, conv64 -> dense 32 -> 2-d latent; mirrored decoder."""
+
+    input_kinds = ("image",)
 
     variational = True
 

@@ -44,6 +44,8 @@ def _head(in_features: int, hidden: list[int], num_classes: int, dropout: float)
 class Softmax(nn.Module):
     """Softmax regression: logits = W x + b on the flattened image."""
 
+    input_kinds = ("image",)  # the data kinds it takes (checked against dataset.kind before a run)
+
     def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels * image_size * image_size, num_classes)
@@ -54,6 +56,8 @@ class Softmax(nn.Module):
 
 class MLP(nn.Module):
     """Fully connected net; layers are named layer1, layer2, ... so they can be reused or frozen by name."""
+
+    input_kinds = ("image",)
 
     def __init__(
         self,
@@ -113,6 +117,8 @@ class MLP(nn.Module):
 class LeNet5(nn.Module):
     """LeNet-5 for 28x28 input: conv6(5x5, pad 2) - maxpool - conv16(5x5) - maxpool - 120 - 84 - classes."""
 
+    input_kinds = ("image",)
+
     def __init__(self, in_channels: int, image_size: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -131,6 +137,8 @@ class LeNet5(nn.Module):
 
 class ConvNet(nn.Module):
     """The notes' CNN: per channel count a conv-BN-ReLU-maxpool layer (layer1, layer2, ...), then a linear layer."""
+
+    input_kinds = ("image",)
 
     def __init__(
         self,
@@ -168,6 +176,8 @@ VGG_STAGES = {11: [1, 1, 2, 2, 2], 13: [2, 2, 2, 2, 2], 16: [2, 2, 3, 3, 3], 19:
 
 class VGG(nn.Module):
     """VGG-style net: five stages of 3x3 convs (width x 1,2,4,8,8), max pooling while the map is >= 2 pixels."""
+
+    input_kinds = ("image",)
 
     def __init__(
         self,
@@ -226,6 +236,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem, stages of BasicBlocks doubling width and halving size, global pool."""
 
+    input_kinds = ("image",)
+
     def __init__(self, in_channels: int, num_classes: int, blocks: list[int] = (3, 3, 3), width: int = 16) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
@@ -262,6 +274,8 @@ class SeparableBlock(nn.Module):
 
 class SeparableNet(nn.Module):
     """MobileNet-style net: a 3x3 stem, then separable blocks (stride 2 each), global pool, dropout, linear."""
+
+    input_kinds = ("image",)
 
     def __init__(
         self, in_channels: int, num_classes: int, channels: list[int] = (32, 64, 128), dropout: float = 0.0

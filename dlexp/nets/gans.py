@@ -45,6 +45,8 @@ def _with_labels(x: torch.Tensor, labels: torch.Tensor | None, embed: nn.Module 
 class MLPGenerator(nn.Module):
     """The notes' vanilla-GAN generator: latent -> 128 -> 256 -> 512 -> 1024 (BN, LeakyReLU 0.2) -> tanh image."""
 
+    input_kinds = ("image",)  # the data kinds it takes (checked against dataset.kind before a run)
+
     def __init__(self, latent_dim: int, channels: int, image_size: int, hidden: list[int] = (128, 256, 512, 1024),
                  num_classes: int = 0) -> None:
         super().__init__()
@@ -64,6 +66,8 @@ class MLPGenerator(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     """The notes' vanilla-GAN discriminator: image -> 512 -> 256 (LeakyReLU 0.2) -> one score."""
+
+    input_kinds = ("image",)
 
     def __init__(self, channels: int, image_size: int, hidden: list[int] = (512, 256), num_classes: int = 0,
                  spectral_norm: bool = False, dropout: float = 0.0) -> None:
@@ -94,6 +98,8 @@ def _stages(image_size: int) -> tuple[int, int]:
 
 class DCGANGenerator(nn.Module):
     """DCGAN generator: project z to (width*2^(n-1), s, s), then n stride-2 transposed convs (BN, ReLU) to tanh."""
+
+    input_kinds = ("image",)
 
     def __init__(self, latent_dim: int, channels: int, image_size: int, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
@@ -126,6 +132,8 @@ class DCGANDiscriminator(nn.Module):
     batch_norm=false gives the WGAN-GP critic (the penalty is per sample, BN would couple samples).
     A conditional D gets the label as an extra input channel (an embedding spread over the image).
     """
+
+    input_kinds = ("image",)
 
     def __init__(self, channels: int, image_size: int, width: int = 64, batch_norm: bool = True,
                  spectral_norm: bool = False, dropout: float = 0.0, num_classes: int = 0) -> None:
