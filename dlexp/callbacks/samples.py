@@ -1,4 +1,5 @@
-"""Image grids of a generative run: PNGs in samples/ and images in TensorBoard, every N epochs and at the end."""
+"""Sample grids of a generative run (images, or line plots of 1-D signals): PNGs in samples/ and images in
+TensorBoard, every N epochs and at the end."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,15 @@ import pytorch_lightning as pl
 import torch
 
 from dlexp.data.datamodule import denormalize
-from dlexp.plots import save_grid
+from dlexp.plots import save_grid, signal_panels
 from dlexp.nets.modes import eval_mode
+
+
+def pictures(samples: torch.Tensor, datamodule: pl.LightningDataModule) -> torch.Tensor:
+    """[0, 1] images of a task's samples: images (B, C, H, W) denormalised, signals (B, C, L) as line plots."""
+    if samples.dim() == 3:
+        return signal_panels(samples)
+    return denormalize(samples, datamodule.mean, datamodule.std)
 
 
 class SampleImages(pl.Callback):
@@ -43,7 +51,7 @@ class SampleImages(pl.Callback):
             if images.shape[-1] < 4:  # not images (e.g. the 3-D points of the PCA example): nothing to look at
                 continue
             path = self.dirpath / f"{prefix}epoch_{epoch:04d}.png"
-            grid = save_grid(denormalize(images, dm.mean, dm.std), path, self.nrow)
+            grid = save_grid(pictures(images, dm), path, self.nrow)
             for logger in trainer.loggers:
                 if isinstance(logger, pl.loggers.TensorBoardLogger):
                     logger.experiment.add_image(f"samples/{prefix.rstrip('_') or 'grid'}", grid, trainer.global_step)

@@ -10,6 +10,7 @@ import torch
 from dlexp.losses.gan import GANLoss, gradient_penalty
 from dlexp.losses.regularizers import Regularization
 from dlexp.nets.gans import GAN
+from dlexp.nets.modes import eval_mode
 from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, training_batches
 from dlexp.tasks.guard import all_finite, check_on_nan
 
@@ -183,12 +184,8 @@ class AdversarialTask(pl.LightningModule):
     @torch.no_grad()
     def sample_images(self, reference: torch.Tensor | None = None, nrow: int = 8) -> dict[str, torch.Tensor]:
         """The fixed-noise grid, from the EMA generator when there is one."""
-        generator = self.generator_ema or self.net.generator
-        was_training = generator.training
-        generator.eval()
-        images = generator(self.fixed_noise, self.fixed_labels if self.net.num_classes else None)
-        generator.train(was_training)
-        return {"": images}
+        with eval_mode(self.generator_ema or self.net.generator) as generator:
+            return {"": generator(self.fixed_noise, self.fixed_labels if self.net.num_classes else None)}
 
     def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fail before training when G's images do not have the data's shape or D cannot score them."""
