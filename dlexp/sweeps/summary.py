@@ -88,7 +88,20 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [label(row, common) if c == "overrides" else _cell(row.get(c), c) for c in cols]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
+    spread = spread_line(rows)
+    return "\n".join(lines + ([f"", spread] if spread else [])) + "\n"
+
+
+def spread_line(rows: list[dict[str, Any]]) -> str:
+    """Mean and sample std of the monitored metric over the completed runs (K folds, seeds): '' for fewer than 2."""
+    values = [row["best"] for row in rows if row["status"] == "completed" and isinstance(row["best"], (int, float))
+              and math.isfinite(row["best"])]
+    monitors = {row["monitor"] for row in rows if row["monitor"]}
+    if len(values) < 2 or len(monitors) != 1:
+        return ""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{monitors.pop()} (best of each run): mean {mean:.4f}, std {std:.4f} over {len(values)} completed runs"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
