@@ -27,7 +27,7 @@ class AdversarialTask(pl.LightningModule):
     Gradient clipping comes from the grad_clip callback, which applies to each network's step.
     """
 
-    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py); val/fid: callbacks=[...,fid]
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config/checks.py); val/fid: callbacks=[...,fid]
     logged_metrics = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/wasserstein", "train/gp",
                       "val/fid")
 

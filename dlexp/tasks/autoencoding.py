@@ -17,7 +17,7 @@ class AutoencodingTask(pl.LightningModule):
     """Loss per sample = reconstruction summed over pixels (+ beta * KL for a VAE); logged as stage/loss,
     stage/recon_loss and stage/kl. Denoising: the input is corrupted, the target stays clean."""
 
-    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py); kl: VAEs only; val/fid:
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config/checks.py); kl: VAEs only; val/fid:
     # callbacks=[...,fid]
     logged_metrics = tuple(f"{stage}/{name}" for stage in ("train", "val", "test")
                            for name in ("loss", "recon_loss", "kl")) + ("train/reg_loss", "val/fid")

@@ -42,8 +42,9 @@ def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, sche
 class ClassificationTask(pl.LightningModule):
     """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
 
-    predicts_classes = True  # dlexp eval: a test report with a confusion matrix; a feature extractor for FID
-    # what `monitor` may name (checked before a run or a search starts: dlexp/config.py)
+    predicts_classes = True  # a feature extractor for FID can be made of it (dlexp/engine/extractors.py)
+    eval_report = "classification"  # dlexp eval: a test report with a confusion matrix (dlexp/engine/evaluation.py)
+    # what `monitor` may name (checked before a run or a search starts: dlexp/config/checks.py)
     logged_metrics = ("train/loss", "train/acc", "train/reg_loss", "val/loss", "val/acc", "val/acc_best",
                       "test/loss", "test/acc")
 
