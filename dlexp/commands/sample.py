@@ -4,13 +4,17 @@ Draws images from a finished (or running) GAN or VAE run: its generator (the EMA
 one) or its decoder applied to N(0, I) noise. `mode=interpolate` walks in a straight line between two
 random latent points, one strip of `steps` images per row. `mode=latent_map` decodes a steps x steps grid
 over a 2-d latent space (at the N(0, 1) quantiles 5%..95%, the Keras book's VAE map). `mode=codes` plots the
-2-d codes of the test images of any autoencoder (the notes' linear AE as PCA), coloured by class.
+2-d codes of the test images of any autoencoder (the notes' linear AE as PCA), coloured by class. A generator
+of 1-D signals (the ECG GANs) writes line plots and a .npy of the signals; a character language model continues
+a prompt at several temperatures (`temperature=0,0.5,1.0`, 0 greedy; `prompt=... length=400`).
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlexp.commands import options, usage
@@ -18,7 +22,8 @@ from dlexp.data.datamodule import denormalize
 from dlexp.engine.restore import load_datamodule, restore_net
 from dlexp.engine.rundir import RunDir
 from dlexp.errors import ConfigError
-from dlexp.plots import pyplot, save_grid
+from dlexp.io import atomic_write_bytes, atomic_write_text
+from dlexp.plots import pyplot, save_grid, signal_panels
 
 MODES = ("grid", "interpolate", "latent_map", "codes")
 
@@ -84,12 +89,57 @@ def plot_codes(run: RunDir, out: Path) -> Path:
     return path
 
 
+def temperatures(opts: Any) -> list[float]:
+    """temperature=0,0.5,1.0 (or one number): the softmax temperatures to sample at, 0 meaning greedy."""
+    try:
+        values = [float(t) for t in str(opts.temperature).split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"temperature expects numbers separated by commas, got '{opts.temperature}'") from None
+    if not values or any(t < 0 for t in values):
+        raise ConfigError(f"temperature expects numbers >= 0 (0: greedy), got '{opts.temperature}'")
+    return values
+
+
+def write_text(run: RunDir, opts: Any, out: Path) -> int:
+    """A character language model continues a prompt at each temperature: printed and written to text_t*.txt."""
+    dm, net = load_datamodule(run), restore_net(run)
+    alphabet = dm.source.vocabulary()  # id i is alphabet[i]
+    g = torch.Generator().manual_seed(opts.seed)
+    if opts.prompt is None:  # the start of a random test window
+        windows = dm.splits["test"][0]
+        prompt_ids = windows[int(torch.randint(len(windows), (1,), generator=g))][:20]
+    else:
+        unknown = sorted(set(str(opts.prompt)) - set(alphabet))
+        if unknown or not str(opts.prompt):
+            raise ConfigError(f"prompt must be non-empty and use the corpus's characters; not in it: {unknown}")
+        prompt_ids = torch.tensor([alphabet.index(c) for c in str(opts.prompt)])
+    prompt = "".join(alphabet[i] for i in prompt_ids.tolist())
+    for t in temperatures(opts):
+        ids = net.generate(prompt_ids, opts.length, t, torch.Generator().manual_seed(opts.seed))
+        text = prompt + "".join(alphabet[i] for i in ids.tolist())
+        path = out / f"text_t{t:g}_seed{opts.seed}.txt"
+        atomic_write_text(path, text + "\n")
+        print(f"--- temperature {t:g}{' (greedy)' if t == 0 else ''}: {path}\n{text}\n")
+    return 0
+
+
+def write_signals(signals: torch.Tensor, out: Path, name: str) -> None:
+    """Generated 1-D signals (B, C, L): line plots (PNG) and the values themselves (.npy, for analysis)."""
+    save_grid(signal_panels(signals), out / f"{name}.png", nrow=4)
+    buffer = io.BytesIO()
+    np.save(buffer, signals.float().cpu().numpy())
+    atomic_write_bytes(out / f"{name}.npy", buffer.getvalue())
+    print(f"wrote {out / f'{name}.png'} and {out / f'{name}.npy'} ({tuple(signals.shape)})")
+
+
 def main(args: list[str]) -> int:
     run, opts = parse(args)
     out = Path(opts.out) if opts.out else run.samples
     if opts.mode == "codes":
         print(f"wrote {plot_codes(run, out)}")
         return 0
+    if hasattr(run.net_class(), "generate"):  # a language model
+        return write_text(run, opts, out)
     if not hasattr(run.net_class(), "sample"):
         raise ConfigError(f"{run.path} trained {run.config()['model']['_target_']}, which has no generator or prior "
                           "to sample from; dlexp sample works on GAN and VAE runs")
@@ -97,10 +147,13 @@ def main(args: list[str]) -> int:
     z, labels, nrow = latents(net, opts)
     with torch.no_grad():
         images = net.sample(z, labels)
+    name = f"sample_{opts.mode}_n{len(images)}_seed{opts.seed}"
+    if images.dim() == 3:  # 1-D signals (B, C, L)
+        write_signals(images, out, name)
+        return 0
     dataset = run.config()["dataset"]
     images = denormalize(images, torch.tensor(dataset["mean"]).view(1, -1, 1, 1),
                          torch.tensor(dataset["std"]).view(1, -1, 1, 1))
-    name = f"sample_{opts.mode}_n{len(images)}_seed{opts.seed}"
     save_grid(images, out / f"{name}.png", nrow)
     print(f"wrote {out / f'{name}.png'}")
     if opts.single:

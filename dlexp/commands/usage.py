@@ -77,8 +77,10 @@ options (conf/eval.yaml): n_real=1000 n_fake=1000 seed=0 extractor=RUN_DIR backb
 SAMPLE = """\
 usage: dlexp sample RUN_DIR [key=value ...]
 
-Images from a GAN or VAE run (its EMA generator when it kept one), or a plot of an autoencoder's 2-d codes.
+Images from a GAN or VAE run (its EMA generator when it kept one), or a plot of an autoencoder's 2-d codes;
+line plots and a .npy of 1-D signals (ECG GANs); text from a character language model at several temperatures.
 options (conf/sample.yaml): n=64 seed=0 mode=grid|interpolate|latent_map|codes steps=8 single=false out=DIR
+  language models: prompt=TEXT temperature=0,0.2,0.5,1.0,1.2 (0: greedy) length=400
 """
 
 COMPARE = """\
