@@ -58,7 +58,9 @@ def test_torch_compile_trains_to_the_same_weights(make_cfg):
     plain, _ = fit(make_cfg)
     compiled, parts = fit(make_cfg, "compile=true")
     assert getattr(parts.task.net, "_compiled_call_impl", None) is not None, "the net was not compiled"
-    assert close(plain, compiled, atol=1e-5)
+    # inductor's fused kernels sum in another order: 3e-4 apart after 6 SGD steps on an AMD EPYC with AVX2 only
+    # (1e-5 held on the AVX-512 machine this was written on), as channels_last above
+    assert close(plain, compiled, atol=1e-3)
 
 
 def test_speedrun_preset_composes_with_its_documented_choices(make_cfg):
