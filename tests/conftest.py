@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,11 @@ import torch
 from omegaconf import DictConfig
 
 from dlexp.config.compose import compose
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from dlexp.engine.build import Run
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -42,6 +48,27 @@ def make_cfg(tmp_path):
         return compose(base + list(overrides))
 
     return _make
+
+
+# fake data (461 train / 51 val images of 1x28x28), 3 train and 2 val batches per epoch (trainer=debug)
+FAKE_MLP = ["dataset=fake", "model=mlp", "model.hidden=[16]"]
+
+
+def run(make_cfg, *overrides: str, extra: tuple[pl.Callback, ...] = (), before_fit=None) -> Run:
+    """build() a composed config, append `extra` callbacks after the configured ones, fit; returns build's parts."""
+    from dlexp.engine.build import build  # deferred: tests that never build in-process skip importing Lightning
+
+    parts = build(make_cfg(*overrides), model_name="test")
+    parts.trainer.callbacks.extend(extra)
+    if before_fit is not None:
+        before_fit(parts)
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
+    return parts
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a module's state_dict (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

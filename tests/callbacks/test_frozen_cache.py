@@ -1,5 +1,5 @@
-"""Frozen-prefix caching: same seed -> same weights and metrics as uncached training, declined (with the reason
-logged) whenever that could differ, and checkpoints that still hold, and evaluate as, the whole net."""
+"""dlexp/callbacks/frozen_cache.py: same seed -> same weights and metrics as uncached training, declined (with the
+reason logged) whenever that could differ, and checkpoints that still hold, and evaluate as, the whole net."""
 from __future__ import annotations
 
 import json
@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from dlexp.engine import restore
 from dlexp.engine.build import build
 from dlexp.engine.restore import load_datamodule, restore_net
 from dlexp.engine.rundir import RunDir
-from dlexp.nets.prefix import CachedPrefix, NotCacheable, as_sequential, split_frozen_prefix
+from dlexp.nets.prefix import CachedPrefix
 from dlexp.errors import ConfigError
-from dlexp.nets.classifiers import MLP, VGG, ConvNet, LeNet5
 from conftest import run_dir_of
 
 # digits (1295 train / 143 val / 359 test images): 3 epochs of 10 batches of a small net, seconds on one CPU thread
@@ -111,37 +109,6 @@ def test_bad_cache_value_is_a_config_error(make_cfg):
         build(make_cfg("callbacks=freeze", *FAKE_MLP, "callbacks.freeze.cache=yes"), "test")
 
 
-def test_split_takes_parameter_free_layers_and_stops_at_dropout():
-    """Frozen Linear -> the prefix also takes the ReLU after it, not the dropout; the rest is the suffix."""
-    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
-    split = split_frozen_prefix(net, list(net[0].parameters()))
-    assert [type(m) for m in split.prefix] == [nn.Linear, nn.ReLU]
-    assert [type(m) for m in split.suffix] == [nn.Dropout, nn.Linear]
-    assert split.suffix[1] is net[3]  # shared, not copied
-    with pytest.raises(NotCacheable, match=r"dropout 2 \(p=0.5\) in the frozen layers"):
-        split_frozen_prefix(net, list(net.parameters()))
-    with pytest.raises(NotCacheable, match="nothing left to train"):
-        split_frozen_prefix(net[:2], list(net[0].parameters()))
-    with pytest.raises(NotCacheable, match="no as_sequential"):
-        split_frozen_prefix(nn.Identity(), [])
-
-
-@pytest.mark.parametrize("make_net, shape", [
-    (lambda: MLP(1, 28, 10, hidden=[16, 8], batch_norm="all", dropout=0.2), (1, 28, 28)),
-    (lambda: ConvNet(1, 28, 10, channels=[4, 8], dropout=0.2), (1, 28, 28)),
-    (lambda: LeNet5(1, 28, 10, dropout=0.2), (1, 28, 28)),
-    (lambda: VGG(3, 32, 10, depth=11, width=4, hidden=[16]), (3, 32, 32)),
-], ids=["mlp", "convnet", "lenet5", "vgg"])
-def test_as_sequential_computes_the_forward(make_net, shape):
-    """Each net's chain view holds the net's own parameters and gives its forward's output."""
-    torch.manual_seed(0)
-    net = make_net().eval()
-    chain = as_sequential(net)
-    assert {id(p) for p in chain.parameters()} == {id(p) for p in net.parameters()}
-    x = torch.randn(3, *shape)
-    assert torch.equal(chain(x), net(x))
-
-
 @pytest.mark.slow
 def test_reuse_frozen_layer1_end_to_end_with_cache(make_cfg, tmp_path, run_dlexp):
     """The notes' reuse: layer1 of a trained MLP into a deeper one, frozen and cached; the checkpoint's whole net
@@ -171,7 +138,7 @@ def test_reuse_frozen_layer1_end_to_end_with_cache(make_cfg, tmp_path, run_dlexp
 @pytest.mark.slow
 def test_benchmark_quick_mode_runs_and_matches():
     """benchmarks/cache.py --quick: both runs train, the cached one is not slower per fit by much, results equal."""
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cache.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "cache.py"
     result = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from dlexp.config.compose import compose
+from dlexp.config.compose import compose, conf_dir
 from dlexp.errors import ConfigError
 from dlexp.engine.build import build
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation, as train.py does
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = conf_dir()
 
 
 def names(group: str) -> list[str]:

@@ -1,26 +1,53 @@
-"""The notes' experiment presets (conf/experiment/): each composes and runs a few batches, sweeps expand to the
-right jobs, +scale=full restores the notes' budget, and `dlexp list experiment` names each one's seed section."""
+"""The experiment presets (conf/experiment/, every file found at collection time): each passes the checks and
+declares its sweep, composes and runs a few batches, sweeps expand to the right jobs, +scale=full restores the
+notes' budget, and `dlexp list experiment` names each one's seed section."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import run_dir_of, write_cifar
-from dlexp.config.compose import compose, groups
+from dlexp.config.checks import check_overrides
+from dlexp.config.compose import compose, conf_dir, groups
+from dlexp.errors import ConfigError
+
+# every preset: a new file in conf/experiment/ is covered without touching this module
+PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+
+def jobs_of(params: dict) -> int:
+    """How many jobs a sweep over hydra.sweeper.params runs: the product of each key's value count."""
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+
+
+def sweep_jobs(name: str) -> int:
+    """The jobs `dlexp train experiment=NAME` runs (1: a single run), read from the preset's YAML (or the
+    preset's it builds on) without composing: test_every_preset_passes_the_checks holds it to Hydra's."""
+    node = yaml.safe_load((conf_dir() / "experiment" / f"{name}.yaml").read_text()) or {}
+    params = ((node.get("hydra") or {}).get("sweeper") or {}).get("params")
+    if params:
+        return jobs_of(params)
+    bases = [d for d in node.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
+    return sweep_jobs(bases[-1]) if bases else 1
+
 
 # preset -> the jobs its sweep runs (1: a single run)
-PRESETS = {
-    "dnn_mnist": 1, "bn_placement": 3, "activations": 5, "optimizers": 6, "regularizers": 5, "early_stopping": 1,
-    "grad_clipping": 2, "exp_decay": 1, "reuse_pretrain": 1, "reuse_freeze": 2, "softmax_fashion": 1,
-    "fnn_fashion": 1, "cnn_fashion": 1, "lenet5_mnist": 1, "vgg13_cifar10": 1, "resnet_cifar10": 1, "ae_pca": 1,
-    "ae_mnist": 1, "denoising_ae": 1, "vae_mnist": 1, "conv_vae": 1, "gan_mnist": 1, "dcgan_mnist": 1,
-    "dcgan_64": 1, "wgan_mnist": 1, "wgan_gp_mnist": 1, "lsgan_mnist": 1, "cgan_mnist": 1,
-}
+JOBS = {name: sweep_jobs(name) for name in PRESETS}
+# presets that are not from the notes: no seed section to name
+NOT_FROM_THE_NOTES = {"fashion_speedrun"}
+# a stand-in for each key a preset lists under `required:` (never used: the checks build and run nothing)
+STAND_INS = {"model.init_from": "/nonexistent/reuse_pretrain_run"}
 # presets that run the notes' own budget on a CPU in minutes: +scale=full leaves them as they are
-NOTES_BUDGET = {"ae_pca", "softmax_fashion", "fnn_fashion", "cnn_fashion"}
+# (fashion_speedrun is not from the notes: its budget is the CPU speedrun's)
+NOTES_BUDGET = {"ae_pca", "softmax_fashion", "fnn_fashion", "cnn_fashion", "fashion_speedrun"}
 # a few batches of one epoch, on small fake copies of MNIST, Fashion-MNIST and CIFAR-10 in the test's data dir
 DEBUG = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "logger=none"]
@@ -49,7 +76,7 @@ def test_every_preset_is_listed_with_its_seed_section(run_dlexp):
     result = run_dlexp("list", "experiment")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    for name in PRESETS:
+    for name in sorted(set(PRESETS) - NOT_FROM_THE_NOTES):
         assert "seeds/00" in lines[name], f"{name}: no seed section in its description: {lines[name]}"
 
 
@@ -57,7 +84,7 @@ def test_every_preset_is_listed_with_its_seed_section(run_dlexp):
 def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
     """All single-run presets in one multirun (one process): every job completes; the 2-d code and latent map
     plots of ae_pca and conv_vae are drawn from their runs."""
-    single = [name for name, jobs in PRESETS.items() if jobs == 1]
+    single = [name for name, jobs in JOBS.items() if jobs == 1]
     result = run_dlexp("train", "-m", f"experiment={','.join(single)}", *DEBUG, timeout=900)
     rows = summary(result, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,15 +110,15 @@ def test_single_presets_run_a_few_batches(run_dlexp, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [name for name, jobs in PRESETS.items() if jobs > 1 and name != "reuse_freeze"])
+@pytest.mark.parametrize("name", [name for name, jobs in JOBS.items() if jobs > 1 and name != "reuse_freeze"])
 def test_sweep_presets_expand_to_their_jobs(run_dlexp, data_dir, tmp_path, name):
     """`dlexp train experiment=NAME` (no -m) runs the preset's whole sweep, one row per value."""
     result = run_dlexp("train", f"experiment={name}", *DEBUG, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "running it as a multirun" in result.stderr
     rows = summary(result, tmp_path)
-    assert len(rows) == PRESETS[name] and all(row["status"] == "completed" for row in rows)
-    assert len({row["overrides"].split()[0] for row in rows}) == PRESETS[name]
+    assert len(rows) == JOBS[name] and all(row["status"] == "completed" for row in rows)
+    assert len({row["overrides"].split()[0] for row in rows}) == JOBS[name]
 
 
 @pytest.mark.slow
@@ -129,7 +156,24 @@ def test_pinning_or_crossing_the_swept_key(run_dlexp, data_dir, tmp_path):
         f"callbacks.grad_clip.algorithm={a} seed={s}" for a in ("norm", "value") for s in (1, 2)]
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_passes_the_checks_and_declares_its_sweep(name, tmp_path):
+    """Each preset passes check_overrides as `dlexp train experiment=NAME` would (every sweep value composes; key
+    types, monitor, input kinds), resolves, and sweeps over the JOBS this module counts; a key it lists under
+    `required:` is reported missing until it is given."""
+    base = [f"experiment={name}", f"run_dir={tmp_path}"]
+    composed = compose(base, return_hydra_config=True)
+    assert jobs_of(composed.hydra.sweeper.get("params") or {}) == JOBS[name]
+    required = list(composed.get("required") or [])
+    assert set(required) <= set(STAND_INS), f"{name}: give test_experiments.STAND_INS a value for {required}"
+    if required:
+        with pytest.raises(ConfigError, match=f"required value missing: {required[0]}"):
+            check_overrides(base)
+    cfg = check_overrides(base + [f"{key}={STAND_INS[key]}" for key in required])
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_scale_full_restores_the_notes_budget(name, tmp_path):
     """+scale=full composes for every preset and restores the budget of those that shrink it on CPU."""
     cpu = compose([f"experiment={name}", f"run_dir={tmp_path}"])
