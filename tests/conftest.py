@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from dlexp.config.compose import compose
+from dlexp.engine.instantiate import make
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -131,7 +132,15 @@ def run_dlexp(tmp_path):
 
 
 def run_dir_of(result: subprocess.CompletedProcess) -> Path:
-    """The run directory named on the last line of stdout (contract C1)."""
+    """The run directory named on the last line of stdout (docs/contracts.md, C1)."""
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("run_dir: "), f"last line is not run_dir: {last!r}\n{result.stderr[-2000:]}"
     return Path(last.removeprefix("run_dir: "))
+
+
+def build_dataset(overrides: list[str]):
+    """(config, datamodule) of a composed config's dataset, instantiated as `dlexp train` does, and loaded."""
+    cfg = compose(overrides)
+    datamodule = make("dataset", cfg.dataset, seed=0)
+    datamodule.load()
+    return cfg, datamodule

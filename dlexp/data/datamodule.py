@@ -81,8 +81,11 @@ class TensorDataModule(pl.LightningDataModule):
     kind = "tensor"
 
     def __init__(self, source: Callable[[], ImageData], name: str, num_classes: int, batch_size: int = 64,
-                 val_fraction: float = 0.1, split_seed: int = 0, folds: int = 0, fold: int = 0, seed: int = 0) -> None:
+                 val_fraction: float = 0.1, split_seed: int = 0, folds: int = 0, fold: int = 0, seed: int = 0,
+                 val_split: str = "random") -> None:
         super().__init__()
+        if val_split not in ("random", "tail"):
+            raise ValueError(f"dataset.val_split must be random or tail, got '{val_split}'")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
@@ -92,7 +95,7 @@ class TensorDataModule(pl.LightningDataModule):
                              f"fold={fold}")
         self.source, self.name, self.num_classes = source, name, num_classes
         self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
-        self.folds, self.fold, self.seed = folds, fold, seed
+        self.folds, self.fold, self.seed, self.val_split = folds, fold, seed, val_split
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.features_cached = False  # splits hold a frozen prefix's outputs, served untransformed (frozen_cache.py)
 
@@ -113,6 +116,9 @@ class TensorDataModule(pl.LightningDataModule):
 
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(train indices, validation indices) of the source's training part."""
+        if self.val_split == "tail":  # in order: the validation samples come after every training sample
+            order = torch.arange(n)
+            return order[: n - int(n * self.val_fraction)], order[n - int(n * self.val_fraction):]
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         if self.folds:  # K-fold: the validation set is the fold-th of K near-equal parts of one seeded order
             parts = perm.tensor_split(self.folds)

@@ -96,13 +96,11 @@ def evaluate_language_model(run: RunDir, opts: Any) -> tuple[dict[str, Any], Ima
 def evaluate_generator(run: RunDir, opts: Any) -> tuple[dict[str, Any], Images]:
     """eval/fid, kid, kid_std, is, precision, recall, and eval/fid_floor (train subset vs test), with protocol;
     for 1-D signals MMD and nearest-neighbour distances instead (evaluate_signals)."""
-    dm, net = load_datamodule(run), restore_net(run, ema=True)
-    if not hasattr(net, "sample"):
-        raise ConfigError(f"{type(net).__name__} has no generator or prior to sample from: sample-quality scores "
-                          "need a GAN or VAE run")
-    if dm.kind == "signal":
-        return evaluate_signals(run, dm, net, opts)
-    extractor = make_extractor(opts, run.config().get("dataset", {}))
+    dataset = run.config().get("dataset", {})
+    if dataset.get("kind") == "signal":
+        return evaluate_signals(run, opts)
+    extractor = make_extractor(opts, dataset)  # first: a missing extractor is reported before data is loaded
+    dm, net = load_datamodule(run), generator_net(run)
     g = torch.Generator().manual_seed(opts.seed)
     test_x, train_x = dm.splits["test"][0], dm.splits["train"][0]
     n_real, n_fake = min(opts.n_real, len(test_x)), min(opts.n_fake, len(train_x))
@@ -125,9 +123,18 @@ def evaluate_generator(run: RunDir, opts: Any) -> tuple[dict[str, Any], Images]:
     return metrics, {"eval/samples": save_grid(fake[:64], run.eval / "samples.png", nrow=8)}
 
 
-def evaluate_signals(run: RunDir, dm: Any, net: torch.nn.Module, opts: Any) -> tuple[dict[str, Any], Images]:
+def generator_net(run: RunDir) -> torch.nn.Module:
+    """The run's generator (its EMA copy when kept) or VAE decoder: a net with sample(z, labels)."""
+    if not hasattr(run.net_class(), "sample"):
+        raise ConfigError(f"{run.config()['model']['_target_']} has no generator or prior to sample from: "
+                          "sample-quality scores need a GAN or VAE run")
+    return restore_net(run, ema=True)
+
+
+def evaluate_signals(run: RunDir, opts: Any) -> tuple[dict[str, Any], Images]:
     """A signal generator against real test segments: MMD^2 (Gaussian kernel, median bandwidth) and nearest-
     neighbour distances, each next to its real-vs-real floor (as many training segments as generated ones)."""
+    dm, net = load_datamodule(run), generator_net(run)
     g = torch.Generator().manual_seed(opts.seed)
     test_x, train_x = dm.splits["test"][0].float(), dm.splits["train"][0].float()
     n_real, n_fake = min(opts.n_real, len(test_x)), min(opts.n_fake, len(train_x))

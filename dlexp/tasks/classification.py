@@ -40,7 +40,10 @@ def configure(module: pl.LightningModule, optimizer: torch.optim.Optimizer, sche
 
 
 class ClassificationTask(pl.LightningModule):
-    """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best."""
+    """Trains `net` with cross-entropy (+ regularization); logs stage/loss, stage/acc and val/acc_best.
+
+    A net with one output (B, 1) is a binary classifier of labels 0/1: BCE with logits, predicted 1 when logit > 0.
+    """
 
     predicts_classes = True  # a feature extractor for FID can be made of it (dlexp/engine/extractors.py)
     eval_report = "classification"  # dlexp eval: a test report with a confusion matrix (dlexp/engine/evaluation.py)
@@ -72,7 +75,12 @@ class ClassificationTask(pl.LightningModule):
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float = 0.0):
         """Loss, number correct and batch size for one batch."""
         x, y = batch
-        logits = (self.cached_prefix.suffix if self.cached_prefix else self.net)(x)  # (B, classes)
+        logits = (self.cached_prefix.suffix if self.cached_prefix else self.net)(x)  # (B, classes) or (B, 1)
+        if logits.shape[1] == 1:  # one logit: binary, BCE with logits; smoothed targets y(1 - s) + s/2
+            target = y.to(logits.dtype) * (1 - smoothing) + 0.5 * smoothing
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), target)
+            correct = ((logits.squeeze(1) > 0).long() == y).sum()
+            return loss, correct, y.numel()
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         correct = (logits.argmax(dim=1) == y).sum()
         return loss, correct, y.numel()
@@ -117,7 +125,8 @@ class ClassificationTask(pl.LightningModule):
     def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fail before training when the net's output does not fit the data."""
         logits = self.net(x)
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0] or logits.shape[1] <= int(y.max()):
+        binary = logits.ndim == 2 and logits.shape[1] == 1 and 0 <= int(y.min()) and int(y.max()) <= 1
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0] or (logits.shape[1] <= int(y.max()) and not binary):
             raise ValueError(f"the model outputs {tuple(logits.shape)} for a batch of {x.shape[0]} with labels "
                              f"up to {int(y.max())}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra._internal.utils import _locate
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -86,15 +87,19 @@ AUTOENCODING = "dlexp.tasks.autoencoding.AutoencodingTask"
 
 @functools.lru_cache(maxsize=None)
 def model_info(model: str) -> dict:
-    """What a model file composes to: its task's _target_, its generator's _target_ (GANs) and n_critic."""
+    """What a model file composes to: its task's _target_, its generator's _target_ (GANs), n_critic, and the
+    data kinds its net declares."""
     cfg = compose([f"model={model}"])
     generator = cfg.model.get("generator")
+    net = _locate((generator or cfg.model)._target_)
     return {"task": cfg.task._target_, "generator": generator._target_ if generator is not None else None,
-            "n_critic": int(cfg.task.get("n_critic", 1))}
+            "n_critic": int(cfg.task.get("n_critic", 1)), "input_kinds": net.input_kinds}
 
 
-CLASSIFIERS = [m for m in names("model") if model_info(m)["task"] == CLASSIFICATION]
-GENERATIVE = [m for m in names("model") if model_info(m)["task"] != CLASSIFICATION]
+# image models here; the models of other data kinds: tests/config/test_sequence_configs.py
+IMAGE_MODELS = [m for m in names("model") if "image" in model_info(m)["input_kinds"]]
+CLASSIFIERS = [m for m in IMAGE_MODELS if model_info(m)["task"] == CLASSIFICATION]
+GENERATIVE = [m for m in IMAGE_MODELS if model_info(m)["task"] != CLASSIFICATION]
 
 SHAPES = {
     "1x28x28": [],
@@ -312,7 +317,11 @@ def test_points3d_is_checked_with_the_linear_autoencoder():
     assert dataset_model("points3d") == "linear_ae" and dataset_model("digits") == "softmax"
 
 
-@pytest.mark.parametrize("dataset", names("dataset"))
+IMAGE_DATASETS = [d for d in names("dataset")
+                  if OmegaConf.load(CONF / "dataset" / f"{d}.yaml")._target_.endswith(".ImageDataModule")]
+
+
+@pytest.mark.parametrize("dataset", IMAGE_DATASETS)  # other kinds: tests/data/
 def test_dataset_config_fits(make_cfg, tmp_path, idx_dir, dataset):
     """Each dataset loads offline with the declared shape (uint8 pixels, or float values such as the 3-D points),
     feeds normalised float batches and trains one debug epoch with finite losses; the test split evaluates too."""

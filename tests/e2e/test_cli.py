@@ -96,7 +96,7 @@ def test_missing_dataset_explains_where_it_looked(run_dlexp, tmp_path):
 
 @pytest.mark.slow
 def test_default_train_on_digits(run_dlexp):
-    """The Quick start's `dlexp train`: digits, convnet, >= 0.95 test accuracy, every file of contract C2."""
+    """The Quick start's `dlexp train`: digits, convnet, >= 0.95 test accuracy, every file of docs/contracts.md C2."""
     result = run_dlexp("train")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = run_dir_of(result)
@@ -116,7 +116,7 @@ def test_default_train_on_digits(run_dlexp):
     assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == chosen
     assert "== summary ==" in (run_dir / "train.log").read_text()
 
-    # C4: checkpoints load with weights_only=True and carry the resolved config as plain data
+    # docs/contracts.md C4: checkpoints load with weights_only=True and carry the resolved config as plain data
     for name in ("last.ckpt", "best.ckpt"):
         ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert ckpt["dlexp_config"]["seed"] == 42 and "net.fc.weight" in ckpt["state_dict"]
