@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from dlexp.config.compose import compose
+from dlexp.data.signals import scipy_ecg_files
 from dlexp.engine.instantiate import make
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from dlexp.engine.build import Run
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_ecg = pytest.mark.skipif(not any(p.is_file() for p in scipy_ecg_files()),
+                               reason="the real ECG recording is absent: apt-get install python3-scipy")
 needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist",
@@ -144,3 +147,28 @@ def build_dataset(overrides: list[str]):
     datamodule = make("dataset", cfg.dataset, seed=0)
     datamodule.load()
     return cfg, datamodule
+
+
+def write_keras_text(data_dir: Path, n: int = 240, seed: int = 0) -> Path:
+    """Small imdb.npz and reuters.npz in Keras' format (object arrays of word-rank lists, ranks from 1) with a
+    learnable signal: an IMDB review is positive when it holds word 7, a Reuters topic is its first word % 46."""
+    rng = np.random.default_rng(seed)
+
+    def reviews(count: int, topics: bool) -> tuple[np.ndarray, np.ndarray]:
+        seqs, labels = np.empty(count, dtype=object), np.zeros(count, dtype=np.int64)
+        for i in range(count):
+            words = rng.integers(10, 9999, int(rng.integers(5, 60))).tolist()
+            if topics:
+                labels[i] = words[0] % 46
+            else:
+                labels[i] = i % 2
+                words[int(rng.integers(len(words)))] = 7 if labels[i] else 8
+            seqs[i] = words
+        return seqs, labels
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (x_train, y_train), (x_test, y_test) = reviews(n, False), reviews(n // 4, False)
+    np.savez(data_dir / "imdb.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    x, y = reviews(n, True)
+    np.savez(data_dir / "reuters.npz", x=x, y=y)
+    return data_dir

@@ -144,7 +144,19 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
     _check_monitor(cfg)
     _check_input_kind(cfg)
+    _check_vocabulary(cfg)
     return cfg
+
+
+def _check_vocabulary(cfg: DictConfig) -> None:
+    """A net's embedding or output vocabulary must hold every id the dataset can produce."""
+    dataset, model = cfg.get("dataset"), cfg.get("model")
+    if not isinstance(dataset, DictConfig) or not isinstance(model, DictConfig):
+        return
+    ids, net = dataset.get("vocab_size"), model.get("vocab_size")
+    if isinstance(ids, int) and isinstance(net, int) and net < ids:
+        raise ConfigError(f"model.vocab_size={net} is smaller than dataset.vocab_size={ids}: ids up to {ids - 1} "
+                          "would not fit the embedding (leave model.vocab_size to follow the dataset)")
 
 
 def _declared(node: Any, attribute: str) -> Any:
