@@ -60,9 +60,8 @@ class CharCorpus:
     Split BY POSITION, not by window: the first 1 - test_fraction of the text is train, the rest is the held-out
     test part; windows never cross the cut. Windows of seq_len + 1 characters start every `step` characters:
     x = window[:-1], y = window[1:] (N, seq_len) int64. Neighbouring windows share seq_len - step characters, so a
-    random validation share of the train windows would hold text the model trains on: the dataset config sets
-    val_fraction 0, and validation reads the held-out part (TensorDataModule falls back to the test split), which
-    is then also the test score; a positional three-way split needs a validation slot in ImageData.
+    random validation share of the train windows would hold text the model trains on: conf/dataset/text.yaml takes
+    validation by position too (val_split tail: the last windows of the training part, in order).
     """
 
     def __init__(self, path: str | list[str] | None = None, seq_len: int = 60, step: int = 3,
