@@ -11,9 +11,9 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """DCGAN paper: conv/linear weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0."""
+    """DCGAN paper: conv/linear weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0 (1-D and 2-D)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

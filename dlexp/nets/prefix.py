@@ -1,12 +1,5 @@
-"""A net's forward split after its frozen leading layers, for frozen-prefix caching (dlexp/callbacks/frozen_cache.py).
-
-When the parameters the Freeze callback froze are exactly those of the first layers of a net's forward,
-and nothing in those layers or before them changes from epoch to epoch (no dropout, frozen batch norm in
-eval mode, no augmentation), each image maps to the same features every epoch. Computing them once for
-train/val/test and training the remaining layers on them gives the same batches, losses and weights as
-running the whole net, in less time. The task keeps the whole net, so checkpoints hold every layer and
-`dlexp eval`, `dlexp sample`, resume and init_from see no difference.
-"""
+"""A net's forward split after its frozen leading layers: what frozen-prefix caching runs once per sample and what
+still trains (the conditions and the why: dlexp/callbacks/frozen_cache.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

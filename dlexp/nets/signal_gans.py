@@ -11,19 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlexp.nets.gans import _check, _sn, _with_labels
-
-
-def init_signal_gan(module: nn.Module) -> None:
-    """The notes' RandomNormal(stddev=0.02) kernels (DCGAN's init, for 1-D layers); batch-norm scale ~ N(1, 0.02)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm1d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
+from dlexp.nets.gans import _check, _sn, _with_labels, dcgan_init
 
 
 def _halved(length: int, stages: int) -> int:
@@ -61,7 +49,7 @@ class SignalGenerator(nn.Module):
             ups += [nn.Tanh()] if last else [nn.BatchNorm1d(out), nn.LeakyReLU(0.3)]  # Keras' LeakyReLU() slope
             c = out
         self.ups = nn.Sequential(*ups)
-        init_signal_gan(self)
+        dcgan_init(self)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.ups(self.project(_with_labels(z, labels, self.embed)))  # (B, C, base * 2^stages)
@@ -95,7 +83,7 @@ class SignalCritic(nn.Module):
             c_in, c = c, c * 2
         self.features = nn.Sequential(*layers)
         self.score = _sn(nn.Linear(c_in * _halved(length, stages), 1), spectral_norm)
-        init_signal_gan(self)
+        dcgan_init(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
