@@ -142,3 +142,16 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} CPUs, load average {load:.2f}, Python {platform.python_version()}"
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (Linux), else what platform knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

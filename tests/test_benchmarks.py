@@ -73,3 +73,30 @@ def test_memory_quick_prints_peak_rss(tmp_path):
     assert_ratios(result.stdout, ["memory"])
     peak = float(ratio_lines(result.stdout)["memory"].split("(")[1].split()[0])
     assert 50 < peak < 100_000  # MB: a real process, measured in the unit the table says
+
+
+def table_column(stdout: str, column: str) -> dict[str, str]:
+    """{first cell: cell of `column`} for the rows of the Markdown table a script printed."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("|-")]
+    index = rows[0].index(column)
+    return {row[0]: row[index] for row in rows[1:]}
+
+
+@pytest.mark.slow
+def test_sequences_quick_prints_ratios_and_every_side_reaches_the_same_loss(tmp_path):
+    result = run_quick("sequences.py", tmp_path)
+    assert result.stdout.startswith("sequences:") and "CPU: " in result.stdout and "torch " in result.stdout
+    assert_ratios(result.stdout, ["lstm_epoch"])
+    for name in ("lstm_packed_vs_fixed", "char_lm"):  # reported without a target
+        value = float(ratio_lines(result.stdout)[name].split()[0])
+        assert math.isfinite(value) and value > 0, result.stdout
+    losses = {side: float(v) for side, v in table_column(result.stdout, "train/loss").items()}
+    assert set(losses) == {"lstm plain fixed", "lstm plain packed", "lstm dlexp", "char_lm plain", "char_lm dlexp"}
+    # the same net, data, batch order, seed and steps: dlexp computes exactly what the plain loops compute
+    assert losses["lstm dlexp"] == pytest.approx(losses["lstm plain fixed"], abs=1e-4)
+    assert losses["char_lm dlexp"] == pytest.approx(losses["char_lm plain"], abs=1e-4)
+    # packing skips the padding steps: the same work on the same data, not bit for bit the same function
+    assert losses["lstm plain packed"] == pytest.approx(losses["lstm plain fixed"], rel=0.1)
+    same = [line for line in result.stdout.splitlines() if line.startswith("same work")]
+    assert len(same) == 1 and same[0].endswith("agree"), result.stdout
