@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
     from dlexp.engine.build import Run
 
+# the dlexp commands tests start run tiny nets on tiny batches: one thread each is faster than waking a pool, and
+# with one test process per core (pytest -n auto) more threads would oversubscribe the machine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_ecg = pytest.mark.skipif(not any(p.is_file() for p in scipy_ecg_files()),
                                reason="the real ECG recording is absent: apt-get install python3-scipy")
