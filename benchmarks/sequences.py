@@ -53,7 +53,7 @@ from common import cpu_model, machine, median, parser, table, verdict
 from omegaconf import OmegaConf
 
 from dlexp.config.compose import compose
-from dlexp.data.sources import ImageData
+from dlexp.data.sources import SourceData
 from dlexp.engine.build import build
 from dlexp.engine.instantiate import make
 from dlexp.nets.recurrent import CharLSTM, RecurrentClassifier
@@ -74,7 +74,7 @@ class SyntheticReviews:
     def __init__(self, n_train: int, n_test: int, seq_len: int, vocab_size: int = 10000, seed: int = 0) -> None:
         self.n_train, self.n_test, self.seq_len, self.vocab_size, self.seed = n_train, n_test, seq_len, vocab_size, seed
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         g = torch.Generator().manual_seed(self.seed)
         n, T, V = self.n_train + self.n_test, self.seq_len, self.vocab_size
         lengths = (174 * torch.exp(0.75 * torch.randn(n, generator=g))).long().clamp(10, T)
@@ -83,7 +83,7 @@ class SyntheticReviews:
         sentiment = V // 20 + 20 * y.view(-1, 1) + torch.randint(0, 20, (n, T), generator=g)
         words = torch.where(torch.rand(n, T, generator=g) < 0.1, sentiment, words)
         x = torch.where(torch.arange(T) >= T - lengths.view(-1, 1), words, 0)  # pre-padded: words at the end
-        return ImageData(x[: self.n_train], y[: self.n_train], x[self.n_train:], y[self.n_train:])
+        return SourceData(x[: self.n_train], y[: self.n_train], x[self.n_train:], y[self.n_train:])
 
 
 @dataclass

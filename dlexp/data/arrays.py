@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 
 from dlexp.data.datamodule import TensorDataModule
-from dlexp.data.sources import ImageData
+from dlexp.data.sources import SourceData
 
 KINDS = ("tokens", "multi_hot", "tabular", "signal", "chars")
 INTEGER_KINDS = ("tokens", "chars")  # x holds ids < vocab_size
@@ -26,7 +26,7 @@ class ArrayDataModule(TensorDataModule):
     (the last val_fraction of the training part, in order: text windows overlap, a random share would leak).
     """
 
-    def __init__(self, source: Callable[[], ImageData], name: str, kind: str, shape: list[int], num_classes: int,
+    def __init__(self, source: Callable[[], SourceData], name: str, kind: str, shape: list[int], num_classes: int,
                  vocab_size: int = 0, standardize: bool = False, mean: list[float] | None = None,
                  std: list[float] | None = None, seq_len: int | None = None, length: int | None = None,
                  batch_size: int = 64, val_fraction: float = 0.1, val_split: str = "random", split_seed: int = 0,
@@ -43,7 +43,7 @@ class ArrayDataModule(TensorDataModule):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(per_channel) if mean is not None else None
         self.std = torch.tensor(std, dtype=torch.float32).view(per_channel) if std is not None else None
 
-    def check(self, data: ImageData) -> None:
+    def check(self, data: SourceData) -> None:
         shape = tuple(data.train_x.shape[1:])
         if shape != self.shape:
             raise ValueError(f"dataset '{self.name}' holds samples of shape {shape} but dataset.shape is "

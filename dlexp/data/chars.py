@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dlexp.data.encoding import read_text
-from dlexp.data.sources import ImageData
+from dlexp.data.sources import SourceData
 
 # The default corpus's fixed alphabet: newline and printable ASCII (96 symbols), so dataset.vocab_size is the same
 # on every Python version (pydoc's topics change between releases, and with them the characters they use).
@@ -89,7 +89,7 @@ class CharCorpus:
             self.chars = self.alphabet(self.text())
         return self.chars
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         text = self.text()
         self.chars = self.alphabet(text)
         if self.vocab_size and self.vocab_size != len(self.chars):
@@ -99,7 +99,7 @@ class CharCorpus:
         cut = int(len(ids) * (1 - self.test_fraction))
         train_x, train_y = self._windows(ids[:cut], "train")
         test_x, test_y = self._windows(ids[cut:], "test")
-        return ImageData(train_x, train_y, test_x, test_y)
+        return SourceData(train_x, train_y, test_x, test_y)
 
     def _windows(self, ids: torch.Tensor, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) (N, seq_len) int64: windows of seq_len + 1 ids every `step`, y = x shifted left by one."""

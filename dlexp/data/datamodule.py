@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from dlexp.data.augment import random_flip, random_translate
-from dlexp.data.sources import ImageData
+from dlexp.data.sources import SourceData
 
 
 def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ class TensorDataModule(pl.LightningDataModule):
 
     kind = "tensor"
 
-    def __init__(self, source: Callable[[], ImageData], name: str, num_classes: int, batch_size: int = 64,
+    def __init__(self, source: Callable[[], SourceData], name: str, num_classes: int, batch_size: int = 64,
                  val_fraction: float = 0.1, split_seed: int = 0, folds: int = 0, fold: int = 0, seed: int = 0,
                  val_split: str = "random") -> None:
         super().__init__()
@@ -126,7 +126,7 @@ class TensorDataModule(pl.LightningDataModule):
         n_val = int(n * self.val_fraction)
         return perm[n_val:], perm[:n_val]
 
-    def check(self, data: ImageData) -> None:
+    def check(self, data: SourceData) -> None:
         """Refuse data that does not fit the declared shape or number of classes (a ValueError naming the key)."""
         if self.num_classes > 0 and not torch.is_floating_point(data.train_y):
             top = int(max(data.train_y.max(), data.test_y.max()))
@@ -211,7 +211,7 @@ class ImageDataModule(TensorDataModule):
 
     kind = "image"
 
-    def __init__(self, source: Callable[[], ImageData], name: str, channels: int, image_size: int, num_classes: int,
+    def __init__(self, source: Callable[[], SourceData], name: str, channels: int, image_size: int, num_classes: int,
                  mean: list[float], std: list[float], batch_size: int = 64, val_fraction: float = 0.1,
                  split_seed: int = 0, flip: bool = False, translate: int = 0, folds: int = 0, fold: int = 0,
                  seed: int = 0) -> None:
@@ -222,7 +222,7 @@ class ImageDataModule(TensorDataModule):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.memory_format = torch.contiguous_format  # build.py sets channels_last for conv nets where it pays
 
-    def check(self, data: ImageData) -> None:
+    def check(self, data: SourceData) -> None:
         shape = tuple(data.train_x.shape[1:])
         if shape != (self.channels, self.image_size, self.image_size):
             raise ValueError(

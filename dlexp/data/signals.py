@@ -10,7 +10,7 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
-from dlexp.data.sources import ImageData, _not_found
+from dlexp.data.sources import SourceData, _not_found
 from dlexp.data.wfdb import read_wfdb
 
 SCIPY_ECG_FS = 360.0  # scipy's ecg.dat: MIT-BIH record 208, lead MLII, 360 Hz, 300 s
@@ -142,13 +142,13 @@ class ECG:
                              "samples: too few to split")
         return scale_segments(segments)
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         x = torch.from_numpy(self.segments()).unsqueeze(1)  # (N, 1, length)
         y = torch.zeros(len(x), dtype=torch.long)
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         n_test = max(1, int(len(x) * self.test_fraction))
         test, train = perm[:n_test], perm[n_test:]
-        return ImageData(x[train], y[train], x[test], y[test])
+        return SourceData(x[train], y[train], x[test], y[test])
 
 
 def _read_path(path: Path, key: str) -> list[tuple[np.ndarray, float]]:

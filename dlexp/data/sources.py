@@ -19,8 +19,9 @@ class DataNotFound(RuntimeError):
 
 
 @dataclass
-class ImageData:
-    """A dataset held in memory: uint8 images (N, C, H, W) and int64 labels, train and test parts."""
+class SourceData:
+    """What a source loads, held in memory: train and test samples with their targets (images: uint8 (N, C, H, W)
+    and int64 labels; other kinds: see dlexp/data/arrays.py)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -43,7 +44,7 @@ class Digits:
     def __init__(self, image_size: int = 28, test_fraction: float = 0.2) -> None:
         self.image_size, self.test_fraction = image_size, test_fraction
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         x, y = _load_digits()
         x = _resize(torch.from_numpy(x).float().view(-1, 1, 8, 8) * (255.0 / 16.0), self.image_size)
         y = torch.from_numpy(y).long()
@@ -51,7 +52,7 @@ class Digits:
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         n_test = int(len(y) * self.test_fraction)
         test, train = perm[:n_test], perm[n_test:]
-        return ImageData(x[train], y[train], x[test], y[test])
+        return SourceData(x[train], y[train], x[test], y[test])
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +117,7 @@ class IdxDataset:
         names = dict.fromkeys([debian_name, self.name])  # fashion-mnist and fashion_mnist, once each
         return [self.data_dir / tv_name / "raw"] + [self.data_dir / n for n in names] + [d / debian_name for d in SYSTEM_DIRS]
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         for folder in self.candidates():
             files = {k: _find_idx(folder, stem) for k, stem in IDX_FILES.items()}
             if all(files.values()):
@@ -131,9 +132,9 @@ class IdxDataset:
         )
         raise _not_found(self.name, self.candidates(), how)
 
-    def _load(self, files: dict[str, Path]) -> ImageData:
+    def _load(self, files: dict[str, Path]) -> SourceData:
         arrays = {k: torch.from_numpy(read_idx(p).copy()) for k, p in files.items()}
-        return ImageData(_resize(arrays["train_x"].unsqueeze(1), self.image_size), arrays["train_y"].long(),
+        return SourceData(_resize(arrays["train_x"].unsqueeze(1), self.image_size), arrays["train_y"].long(),
                          _resize(arrays["test_x"].unsqueeze(1), self.image_size), arrays["test_y"].long())
 
     def _download(self) -> None:
@@ -160,7 +161,7 @@ class Cifar10:
     def __init__(self, data_dir: str = "data", download: bool = True) -> None:
         self.data_dir, self.download = Path(data_dir).expanduser(), download
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         folder = self.data_dir / "cifar-10-batches-py"
         if not (folder / "test_batch").is_file():
             if not self.download:
@@ -175,7 +176,7 @@ class Cifar10:
         test = _unpickle(folder / "test_batch")
         to_x = lambda d: torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         to_y = lambda d: torch.tensor(d[b"labels"], dtype=torch.long)
-        return ImageData(torch.cat([to_x(d) for d in train]), torch.cat([to_y(d) for d in train]), to_x(test), to_y(test))
+        return SourceData(torch.cat([to_x(d) for d in train]), torch.cat([to_y(d) for d in train]), to_x(test), to_y(test))
 
 
 def _unpickle(path: Path) -> dict:
@@ -193,14 +194,14 @@ class ImageFolder:
         self.root, self.channels, self.image_size = Path(root).expanduser(), channels, image_size
         self.test_fraction, self.split_seed = test_fraction, split_seed
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
             classes = self._classes(self.root / "train")
-            return ImageData(*self._load(self.root / "train", classes), *self._load(self.root / "test", classes))
+            return SourceData(*self._load(self.root / "train", classes), *self._load(self.root / "test", classes))
         x, y = self._load(self.root, self._classes(self.root))
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         n_test = int(len(y) * self.test_fraction)
-        return ImageData(x[perm[n_test:]], y[perm[n_test:]], x[perm[:n_test]], y[perm[:n_test]])
+        return SourceData(x[perm[n_test:]], y[perm[n_test:]], x[perm[:n_test]], y[perm[:n_test]])
 
     def _classes(self, folder: Path) -> list[str]:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
@@ -233,12 +234,12 @@ class Fake:
         self.shape, self.num_classes = (channels, image_size, image_size), num_classes
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         g = torch.Generator().manual_seed(self.seed)
         n = self.n_train + self.n_test
         x = torch.randint(0, 256, (n, *self.shape), generator=g, dtype=torch.uint8)
         y = torch.randint(0, self.num_classes, (n,), generator=g)
-        return ImageData(x[: self.n_train], y[: self.n_train], x[self.n_train:], y[self.n_train:])
+        return SourceData(x[: self.n_train], y[: self.n_train], x[self.n_train:], y[self.n_train:])
 
 
 class Points3D:
@@ -250,7 +251,7 @@ class Points3D:
     def __init__(self, m: int = 200, noise: float = 0.1, seed: int = 4) -> None:
         self.m, self.noise, self.seed = m, noise, seed
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         rng = np.random.RandomState(self.seed)  # the notes: np.random.seed(4)
         m, w1, w2 = self.m, 0.1, 0.3
         angles = rng.rand(m) * 3 * np.pi / 2 - 0.5
@@ -262,4 +263,4 @@ class Points3D:
         mean, std = data[:half].mean(axis=0), data[:half].std(axis=0)  # StandardScaler fit on the train half
         x = torch.from_numpy((data - mean) / std).float().view(m, 3, 1, 1)
         y = torch.zeros(m, dtype=torch.long)
-        return ImageData(x[:half], y[:half], x[half:], y[half:])
+        return SourceData(x[:half], y[:half], x[half:], y[half:])

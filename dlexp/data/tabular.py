@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlexp.data.sources import SYSTEM_DIRS, ImageData, _not_found
+from dlexp.data.sources import SYSTEM_DIRS, SourceData, _not_found
 
 BOSTON_COLUMNS = ("CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
                   "MEDV")  # MASS::Boston order; MEDV (median home value, $1000s) is the target
@@ -42,7 +42,7 @@ class BostonHousing:
         found = [f / name for f in folders for name in ("boston_housing.npz", "boston_housing.csv")]
         return found + [p for p in [mlxtend_csv()] if p is not None]
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         path = next((p for p in self.candidates() if p.is_file()), None)
         if path is None:
             raise _not_found("boston_housing", self.candidates(),
@@ -53,7 +53,7 @@ class BostonHousing:
         np.random.RandomState(self.seed).shuffle(indices)  # Keras' split: seed 113, the last 20% test
         x, y = torch.from_numpy(x[indices]), torch.from_numpy(y[indices])
         cut = int(len(indices) * (1 - self.test_fraction))
-        return ImageData(x[:cut], y[:cut], x[cut:], y[cut:])
+        return SourceData(x[:cut], y[:cut], x[cut:], y[cut:])
 
 
 def read_table(path: Path) -> tuple[np.ndarray, np.ndarray]:

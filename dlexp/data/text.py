@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dlexp.data.encoding import build_vocabulary, encode, load_npz, read_text, to_ids, tokenize
-from dlexp.data.sources import SYSTEM_DIRS, ImageData, _not_found
+from dlexp.data.sources import SYSTEM_DIRS, SourceData, _not_found
 
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 # the hashes Keras checks its downloads against (sha256 for the arrays, md5 for the word indexes)
@@ -68,11 +68,11 @@ class KerasIndexed:
         except (OSError, ValueError) as e:
             raise _not_found(self.name, looked, f"The download failed too ({e}).") from None
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         arrays = load_npz(self.find(f"{self.name}.npz"))
         (x_train, y_train), (x_test, y_test) = self.load_data(arrays)
         num_words = self.num_words or 1 + max(max(s, default=0) for s in x_train + x_test)
-        return ImageData(encode(x_train, self.output, num_words, self.seq_len), torch.as_tensor(y_train).long(),
+        return SourceData(encode(x_train, self.output, num_words, self.seq_len), torch.as_tensor(y_train).long(),
                          encode(x_test, self.output, num_words, self.seq_len), torch.as_tensor(y_test).long())
 
     def load_data(self, arrays: dict[str, np.ndarray]) -> tuple[tuple[Sequences, np.ndarray], ...]:
@@ -161,14 +161,14 @@ class TextFolder:
         self.classes = list(classes) if classes else None
         self.vocabulary: dict[str, int] = {}  # filled by loading
 
-    def __call__(self) -> ImageData:
+    def __call__(self) -> SourceData:
         classes = self.classes or self._classes()
         train_docs, train_y = self._read(self.root / "train", classes)
         test_docs, test_y = self._read(self.root / "test", classes)
         self.vocabulary = build_vocabulary(train_docs, self.num_words)
         train = [to_ids(d, self.vocabulary) for d in train_docs]
         test = [to_ids(d, self.vocabulary) for d in test_docs]
-        return ImageData(encode(train, self.output, self.num_words, self.seq_len), train_y,
+        return SourceData(encode(train, self.output, self.num_words, self.seq_len), train_y,
                          encode(test, self.output, self.num_words, self.seq_len), test_y)
 
     def _classes(self) -> list[str]:

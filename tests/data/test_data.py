@@ -20,7 +20,7 @@ from dlexp.data.sources import (
     Digits,
     Fake,
     IdxDataset,
-    ImageData,
+    SourceData,
     ImageFolder,
     read_idx,
 )
@@ -49,7 +49,7 @@ def write_idx_set(folder: Path, arrays: dict[str, np.ndarray], gz: bool) -> None
         write_idx(folder / (stem + (".gz" if gz else "")), arrays[key])
 
 
-def assert_idx_data(data: ImageData, arrays: dict[str, np.ndarray]) -> None:
+def assert_idx_data(data: SourceData, arrays: dict[str, np.ndarray]) -> None:
     """The loaded data holds exactly the written pixels and labels, as (N, 1, 28, 28) uint8 and int64."""
     for part in ("train", "test"):
         x, y = getattr(data, f"{part}_x"), getattr(data, f"{part}_y")
@@ -60,20 +60,20 @@ def assert_idx_data(data: ImageData, arrays: dict[str, np.ndarray]) -> None:
         assert np.array_equal(y.numpy(), arrays[f"{part}_y"].astype(np.int64))
 
 
-def gray_data(n_train: int = 300, n_test: int = 20, size: int = 4, channels: int = 1, classes: int = 10) -> ImageData:
+def gray_data(n_train: int = 300, n_test: int = 20, size: int = 4, channels: int = 1, classes: int = 10) -> SourceData:
     """Images whose first two pixels encode their index (i // 256, i % 256), so splits can be told apart."""
     x = torch.zeros(n_train + n_test, channels, size, size, dtype=torch.uint8)
     idx = torch.arange(n_train + n_test)
     x[:, 0, 0, 0], x[:, 0, 0, 1] = (idx // 256).to(torch.uint8), (idx % 256).to(torch.uint8)
     y = idx % classes
-    return ImageData(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+    return SourceData(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
 def sample_ids(x: torch.Tensor) -> list[int]:
     return (x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()).tolist()
 
 
-def datamodule(data: ImageData, **kwargs) -> ImageDataModule:
+def datamodule(data: SourceData, **kwargs) -> ImageDataModule:
     c, s = data.train_x.shape[1], data.train_x.shape[2]
     args = dict(source=lambda: data, name="toy", channels=c, image_size=s, num_classes=10,
                 mean=[0.5] * c, std=[0.5] * c, batch_size=16)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dlexp.data.arrays import ArrayDataModule
-from dlexp.data.sources import ImageData
+from dlexp.data.sources import SourceData
 from dlexp.losses.gan import Minimax, WassersteinGP
 from dlexp.losses.regularizers import Regularization
 from dlexp.nets.gans import GAN
@@ -35,7 +35,7 @@ def arrays(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, vocab_
            standardize: bool = False, batch_size: int = 32) -> ArrayDataModule:
     """A datamodule over x, y: the last quarter is the test set, 20% of the rest validation."""
     n = len(x) * 3 // 4
-    data = ImageData(x[:n], y[:n], x[n:], y[n:])
+    data = SourceData(x[:n], y[:n], x[n:], y[n:])
     return ArrayDataModule(lambda: data, "toy", kind, list(x.shape[1:]), num_classes, vocab_size=vocab_size,
                            standardize=standardize, batch_size=batch_size, val_fraction=0.2)
 
