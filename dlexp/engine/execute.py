@@ -51,7 +51,8 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
     stopper = StopOnSignal(str(folder.last_checkpoint))
     stopper.install()
     try:
-        run = _build(cfg, choices, ckpt_path, stopper)
+        purge = logged_step(ckpt_path) if ckpt_path else None  # read once: the build and the DDP job use it
+        run = _build(cfg, choices, purge, stopper)
     except ConfigError as e:
         if in_sweep:  # one bad combination of a sweep: recorded as failed, the sweep goes on
             folder.write_overrides(overrides)
@@ -65,7 +66,7 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
         if ckpt_path is None and rank_zero:
             folder.write_config(OmegaConf.to_container(cfg, resolve=True), choices)
             folder.write_overrides(overrides)
-        metrics = _train(cfg, run, choices, ckpt_path, stopper, record)
+        metrics = _train(cfg, run, choices, ckpt_path, purge, stopper, record)
     finally:
         stopper.uninstall()
     if rank_zero:
@@ -75,10 +76,9 @@ def execute(cfg: DictConfig, run_dir: Path, choices: dict[str, Any], overrides: 
     return float(value) if value is not None else None
 
 
-def _build(cfg: DictConfig, choices: dict[str, Any], ckpt_path: Path | None, stopper: StopOnSignal) -> Run:
+def _build(cfg: DictConfig, choices: dict[str, Any], purge: int | None, stopper: StopOnSignal) -> Run:
     """build(), with any failure as a ConfigError (a config or data problem found before training)."""
     try:
-        purge = logged_step(ckpt_path) if ckpt_path else None
         return build(cfg, choices.get("model", "?"), extra_callbacks=[stopper], tensorboard_purge_step=purge)
     except (ConfigError, DataNotFound) as e:
         raise ConfigError(str(e)) from None
@@ -86,14 +86,14 @@ def _build(cfg: DictConfig, choices: dict[str, Any], ckpt_path: Path | None, sto
         raise ConfigError(f"{type(e).__name__}: {e}") from None
 
 
-def _train(cfg: DictConfig, run: Run, choices: dict[str, Any], ckpt_path: Path | None, stopper: StopOnSignal,
-           record: RunRecord) -> dict[str, Any]:
+def _train(cfg: DictConfig, run: Run, choices: dict[str, Any], ckpt_path: Path | None, purge: int | None,
+           stopper: StopOnSignal, record: RunRecord) -> dict[str, Any]:
     """fit_and_test on every local rank; an interruption or a failure is recorded, then raised."""
     run_dir = record.run_dir.path
     # DDP on one machine: the other local ranks get the same job (dlexp/engine/ddp.py)
     job = {"config": OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), "model": choices.get("model", "?"),
            "ckpt_path": str(ckpt_path) if ckpt_path else None,
-           "purge_step": logged_step(ckpt_path) if ckpt_path else None}
+           "purge_step": purge}
     try:
         stopper.check()
         with ddp.local_ranks(run.trainer, job, record.failed):
