@@ -1,5 +1,5 @@
-"""Recurrent nets for token sequences (the Keras notes' SimpleRNN, LSTM, GRU, stacked and bidirectional) and a
-character-level LSTM language model, with Keras-style input dropout and true recurrent dropout.
+"""Recurrent nets for token sequences (the Keras notes' SimpleRNN, LSTM, GRU, stacked and bidirectional), for images
+read row by row, and a character-level LSTM language model, with Keras-style input dropout and true recurrent dropout.
 
 Sequences are pre-padded with id 0 (Keras' pad_sequences default): the last time step holds the real last word,
 so a classifier reads the forward direction's last output. Padding is embedded like a word (the embedding keeps
@@ -50,6 +50,9 @@ def variational_mask(batch: int, size: int, p: float, like: torch.Tensor) -> tor
     return torch.bernoulli(keep) / (1.0 - p)
 
 
+MASKS = ("sequence", "step")  # dropout_mask: one mask per sequence (Keras, the notes) or a fresh one at every step
+
+
 class RecurrentStack(nn.Module):
     """num_layers recurrent layers (each one torch nn.RNN/LSTM/GRU, bidirectional or not): (B, T, F) -> (B, T, D*H).
 
@@ -61,21 +64,27 @@ class RecurrentStack(nn.Module):
     recurrence, so while training with recurrent_dropout > 0 the layers are unrolled in a Python loop over time
     (slow, correct) on the fused modules' own weights; evaluation, and recurrent_dropout = 0, use the fused
     kernels, and a checkpoint is the same either way.
+    dropout_mask: "sequence" (the above) or "step": a fresh mask at every time step for both dropouts, the naive
+    way the notes warn against ("otherwise it works against you"), there to measure that claim.
     """
 
     def __init__(self, input_size: int, hidden_size: int, cell: str = "lstm", num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, recurrent_dropout: float = 0.0) -> None:
+                 bidirectional: bool = False, dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 dropout_mask: str = "sequence") -> None:
         super().__init__()
         if cell not in FUSED:
             raise ValueError(f"model.cell must be one of {', '.join(FUSED)}, got '{cell}'")
+        if dropout_mask not in MASKS:
+            raise ValueError(f"model.dropout_mask must be one of {', '.join(MASKS)}, got '{dropout_mask}'")
         if num_layers < 1 or hidden_size < 1:
             raise ValueError(f"model.num_layers and model.hidden_size must be >= 1, got {num_layers}, {hidden_size}")
         if not (0 <= dropout < 1 and 0 <= recurrent_dropout < 1):
             raise ValueError(f"model.dropout and model.recurrent_dropout must be in [0, 1), got {dropout}, "
                              f"{recurrent_dropout}")
         self.cell, self.hidden_size, self.recurrent_dropout = cell, hidden_size, recurrent_dropout
+        self.per_step = dropout_mask == "step"
         self.directions = 2 if bidirectional else 1
-        self.input_dropout = nn.Dropout1d(dropout)
+        self.input_dropout = nn.Dropout(dropout) if self.per_step else nn.Dropout1d(dropout)
         sizes = [input_size] + [hidden_size * self.directions] * (num_layers - 1)
         self.layers = nn.ModuleList(
             FUSED[cell](n, hidden_size, batch_first=True, bidirectional=bidirectional) for n in sizes
@@ -89,9 +98,15 @@ class RecurrentStack(nn.Module):
         """(B, T, F) -> outputs of the last layer at every step (B, T, D*H); forward half first."""
         unroll = self.training and self.recurrent_dropout > 0
         for layer in self.layers:
-            x = self.input_dropout(x.transpose(1, 2)).transpose(1, 2)  # (B, F, T): one mask per feature channel
+            x = self.dropped(x)
             x = self.unrolled(layer, x) if unroll else layer(x)[0]
         return x
+
+    def dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """Input dropout on (B, T, F): per step, or on the (B, F, T) view, one mask per sequence and feature."""
+        if self.per_step:
+            return self.input_dropout(x)
+        return self.input_dropout(x.transpose(1, 2)).transpose(1, 2)
 
     def unrolled(self, layer: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
         """One layer stepped in Python with the fused layer's weights and fresh recurrent masks (p = 0: exact)."""
@@ -105,14 +120,18 @@ class RecurrentStack(nn.Module):
         return torch.cat(outputs, dim=2)  # (B, T, D*H)
 
     def _scan(self, layer: nn.RNNBase, x: torch.Tensor, suffix: str, mask: torch.Tensor) -> torch.Tensor:
-        """Run one direction over time: (B, T, F) -> (B, T, H), the same `mask` (B, H) at every step."""
+        """Run one direction over time: (B, T, F) -> (B, T, H), the same `mask` (B, H) at every step (or fresh ones
+        with dropout_mask=step)."""
         w_ih, b_ih = getattr(layer, f"weight_ih_l0{suffix}"), getattr(layer, f"bias_ih_l0{suffix}")
         w_hh, b_hh = getattr(layer, f"weight_hh_l0{suffix}"), getattr(layer, f"bias_hh_l0{suffix}")
         gx = F.linear(x, w_ih, b_ih)  # input contributions of every step at once: (B, T, gates*H)
         zeros = x.new_zeros(x.shape[0], self.hidden_size)
         state: State = (zeros, zeros) if self.cell == "lstm" else (zeros,)
         step, hs = STEPS[self.cell], []
+        p = self.recurrent_dropout if self.training else 0.0
         for t in range(x.shape[1]):
+            if self.per_step and p and t:
+                mask = variational_mask(x.shape[0], self.hidden_size, p, x)
             state = step(gx[:, t], state, w_hh, b_hh, mask)
             hs.append(state[0])
         return torch.stack(hs, dim=1)
@@ -137,16 +156,38 @@ class RecurrentClassifier(nn.Module):
 
     def __init__(self, vocab_size: int, embedding_dim: int, num_outputs: int, cell: str = "lstm",
                  hidden_size: int = 32, num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 recurrent_dropout: float = 0.0) -> None:
+                 recurrent_dropout: float = 0.0, dropout_mask: str = "sequence") -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.rnn = RecurrentStack(embedding_dim, hidden_size, cell, num_layers, bidirectional, dropout,
-                                  recurrent_dropout)
+                                  recurrent_dropout, dropout_mask)
         self.fc = nn.Linear(self.rnn.output_size, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = self.rnn(self.embed(x))  # (B, T) -> (B, T, E) -> (B, T, D*H)
         return self.fc(last_step(outputs, self.rnn.hidden_size))
+
+
+class RowRecurrentClassifier(nn.Module):
+    """An image read as a sequence, one row per time step (the classic sequential MNIST): (B, C, H, W) -> H steps of
+    C*W features -> a stack of RNN/LSTM/GRU layers -> a linear layer on the last step -> (B, num_classes).
+
+    The notes' recurrent experiments (dropout masks, stacking, bidirectional) on real data that is here offline.
+    """
+
+    input_kinds = ("image",)
+
+    def __init__(self, channels: int, image_size: int, num_classes: int, cell: str = "gru", hidden_size: int = 128,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropout_mask: str = "sequence") -> None:
+        super().__init__()
+        self.rnn = RecurrentStack(channels * image_size, hidden_size, cell, num_layers, bidirectional, dropout,
+                                  recurrent_dropout, dropout_mask)
+        self.fc = nn.Linear(self.rnn.output_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).flatten(2)  # (B, C, H, W) -> (B, H, C*W): row t is time step t
+        return self.fc(last_step(self.rnn(rows), self.rnn.hidden_size))
 
 
 class CharLSTM(nn.Module):

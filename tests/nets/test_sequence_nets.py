@@ -13,6 +13,7 @@ from dlexp.nets.recurrent import (
     CharLSTM,
     RecurrentClassifier,
     RecurrentStack,
+    RowRecurrentClassifier,
     last_step,
 )
 from dlexp.nets.sequences import (
@@ -103,13 +104,14 @@ def test_unrolled_lstm_matches_torch_lstm_cell():
     assert torch.allclose(stack.unrolled(layer, x), torch.stack(steps, dim=1), atol=1e-5)
 
 
-def dropped_units(training: bool, batch: int = 8, hidden: int = 64, steps: int = 6) -> torch.Tensor:
+def dropped_units(training: bool, batch: int = 8, hidden: int = 64, steps: int = 6,
+                  mask: str = "sequence") -> torch.Tensor:
     """(B, T-1, H) True where a unit of an Elman RNN ran with its recurrent input dropped at that step.
 
     With W_ih = 0, W_hh = I and bias b: h_1 = tanh(b), then h_t = tanh(m * h_{t-1} + b). A dropped unit (m = 0)
     stays at tanh(b); a kept one (m = 1 / (1 - p) = 2) moves away from it.
     """
-    stack = RecurrentStack(1, hidden, "rnn", recurrent_dropout=0.5).train(training)
+    stack = RecurrentStack(1, hidden, "rnn", recurrent_dropout=0.5, dropout_mask=mask).train(training)
     layer = stack.layers[0]
     with torch.no_grad():
         layer.weight_ih_l0.zero_()
@@ -138,13 +140,35 @@ def test_recurrent_dropout_draws_new_masks_each_batch():
     assert not torch.equal(dropped_units(training=True), dropped_units(training=True))
 
 
+def test_recurrent_dropout_per_step_masks_change_between_steps():
+    """dropout_mask=step (the naive way the notes warn against): a fresh mask at every step, about half dropped."""
+    dropped = dropped_units(training=True, mask="step")
+    assert not (dropped == dropped[:, :1]).all()
+    assert 0.3 < dropped.float().mean() < 0.7
+
+
 def test_input_dropout_is_one_mask_per_sequence_and_feature():
     """Keras' `dropout`: a feature of a sequence is zeroed at every time step or at none."""
     stack = RecurrentStack(32, 4, "gru", dropout=0.5).train()
-    out = stack.input_dropout(torch.ones(6, 10, 32).transpose(1, 2)).transpose(1, 2)  # (B, T, F)
+    out = stack.dropped(torch.ones(6, 10, 32))  # (B, T, F)
     zero = out == 0
     assert (zero == zero[:, :1]).all() and 0.2 < zero.float().mean() < 0.8
     assert torch.allclose(out[~zero], torch.tensor(2.0))  # inverted dropout: kept features scaled by 1 / (1 - p)
+
+
+def test_input_dropout_per_step_draws_a_mask_per_step():
+    stack = RecurrentStack(32, 4, "gru", dropout=0.5, dropout_mask="step").train()
+    zero = stack.dropped(torch.ones(6, 10, 32)) == 0
+    assert not (zero == zero[:, :1]).all() and 0.3 < zero.float().mean() < 0.7
+
+
+def test_row_classifier_reads_an_image_row_by_row():
+    """(B, C, H, W): H time steps of C*W features; the same as the stack run on the rows by hand."""
+    net = RowRecurrentClassifier(2, 5, 3, "lstm", hidden_size=6, bidirectional=True).eval()
+    x = torch.randn(4, 2, 5, 5)
+    rows = torch.stack([x[:, :, t].reshape(4, -1) for t in range(5)], dim=1)  # row t: channel 0's then 1's pixels
+    assert torch.allclose(net(x), net.fc(last_step(net.rnn(rows), 6)))
+    assert net.train()(x).shape == (4, 3)
 
 
 def test_recurrent_options_are_checked():
@@ -152,6 +176,8 @@ def test_recurrent_options_are_checked():
         RecurrentStack(4, 4, "transformer")
     with pytest.raises(ValueError, match="recurrent_dropout"):
         RecurrentStack(4, 4, "lstm", recurrent_dropout=1.0)
+    with pytest.raises(ValueError, match="model.dropout_mask"):
+        RecurrentStack(4, 4, "lstm", dropout_mask="token")
 
 
 def test_char_lstm_greedy_generation_is_deterministic_and_keeps_the_state():
