@@ -1,16 +1,19 @@
 """The run directory (docs/contracts.md, C2): the one place that knows its file names and reads and writes them.
-Light (no torch): sweep summaries and `dlexp train`'s checks read run directories before torch loads; restoring a
-run's net and data is dlexp/engine/restore.py."""
+Light (no torch, no Hydra): sweep summaries, `dlexp train`'s checks and `dlexp runs` read run directories before
+torch loads, or without it; restoring a run's net and data is dlexp/engine/restore.py."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
 
 from dlexp.errors import ConfigError
@@ -18,6 +21,14 @@ from dlexp.io import atomic_write_json, atomic_write_text
 
 CONFIG, OVERRIDES, METRICS, LOG = "config.yaml", "overrides.yaml", "metrics.json", "train.log"
 CHECKPOINTS, TENSORBOARD, SAMPLES, EVAL = "checkpoints", "tb", "samples", "eval"
+# any of these marks a run directory, an unfinished (no metrics.json yet) or damaged one included
+RUN_FILES = (CONFIG, METRICS, OVERRIDES, LOG)
+FAST_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it: ~3x faster
+# an unindented `key:` line of a block-style YAML mapping
+TOP_LEVEL_KEY = re.compile(r"^([^\s#-][^:\n]*):", re.MULTILINE)
+# a `key: word` line of a plain mapping (plain_mapping), and the words YAML 1.1 reads as booleans
+PLAIN_LINE = re.compile(r"(?P<indent>(  )?)(?P<key>[A-Za-z_][\w/.-]*):( (?P<value>[A-Za-z_][\w/.-]*))?")
+YAML_WORDS = {w for word in ("yes", "no", "true", "false", "on", "off") for w in (word, word.title(), word.upper())}
 
 
 def is_run_dir(path: Path) -> bool:
@@ -29,6 +40,66 @@ def is_sweep_dir(path: Path) -> bool:
     path = Path(path)
     return (path / "multirun.yaml").is_file() or path.is_dir() and any(
         p.name.isdigit() and is_run_dir(p) for p in path.iterdir())
+
+
+def looks_like_run_dir(path: Path) -> bool:
+    """Any file a run writes is there: a run directory, perhaps unfinished or damaged (is_run_dir wants config.yaml)."""
+    return any((Path(path) / name).is_file() for name in RUN_FILES)
+
+
+def find_run_dirs(root: Path, depth: int = 4) -> list[Path]:
+    """Run directories at or under root, in name order, never looked inside: an outputs/ folder gives runs/<id>/ and
+    multirun/<id>/<job>/ (a sweep directory's own files mark no run). Hidden and unlistable folders are skipped."""
+    root = Path(root)
+    if looks_like_run_dir(root):
+        return [root]
+    if depth == 0:
+        return []
+    try:
+        with os.scandir(root) as entries:
+            children = sorted(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir())
+    except OSError:
+        return []
+    return [run for child in children for run in find_run_dirs(child, depth - 1)]
+
+
+def top_level_entries(text: str, keys: Iterable[str]) -> dict[str, Any]:
+    """The entries of a block-style YAML mapping (OmegaConf.to_yaml's) under the given top-level keys, parsed alone.
+
+    An entry runs from its key's unindented line to the next one (indented lines, `- ` items and comments belong to
+    it). A whole config.yaml takes ~1.5 ms to parse, a listing of a thousand runs needs three of its keys. Text that
+    does not split cleanly is parsed whole; a yaml.YAMLError says it is not YAML at all.
+    """
+    wanted = set(keys)
+    starts = [(m.start(), m.group(1).strip("'\"")) for m in TOP_LEVEL_KEY.finditer(text)] + [(len(text), "")]
+    kept = "".join(text[start:end] for (start, key), (end, _) in itertools.pairwise(starts) if key in wanted)
+    entries = plain_mapping(kept)
+    if entries is None:
+        try:
+            entries = yaml.load(kept, Loader=FAST_YAML)
+        except yaml.YAMLError:
+            entries = yaml.load(text, Loader=FAST_YAML)
+    return {k: v for k, v in entries.items() if k in wanted} if isinstance(entries, dict) else {}
+
+
+def plain_mapping(text: str) -> dict[str, Any] | None:
+    """`key: word` lines, some under an unindented `key:` two spaces in (config.yaml's monitor and choices), read as
+    YAML reads them ("null" is None) at a tenth of PyYAML's cost; None for any other YAML, which PyYAML then reads."""
+    found: dict[str, Any] = {}
+    outer = None
+    for line in text.splitlines():
+        match = PLAIN_LINE.fullmatch(line)
+        if match is None or match["value"] in YAML_WORDS:
+            return None
+        key, value = match["key"], None if match["value"] in ("null", "Null", "NULL") else match["value"]
+        if not match["indent"]:
+            found[key], outer = value, key if match["value"] is None else None  # `key:` alone: a mapping may follow
+        elif outer is None:
+            return None
+        else:
+            found[outer] = found[outer] or {}
+            found[outer][key] = value
+    return found
 
 
 def checkpoint_file(source: str | Path) -> Path:
@@ -82,9 +153,23 @@ class RunDir:
     def config_text(self) -> str:
         return (self.path / CONFIG).read_text()
 
+    def config_entries(self, *keys: str) -> dict[str, Any]:
+        """Some top-level entries of config.yaml (`monitor`, `choices`), {} before the run wrote one."""
+        path = self.path / CONFIG
+        return top_level_entries(path.read_text(), keys) if path.is_file() else {}
+
+    def started(self) -> float:
+        """When the run began (a time.time()): config.yaml is written once, at its start (else the first file there)."""
+        for name in (CONFIG, LOG, OVERRIDES, METRICS):
+            try:
+                return (self.path / name).stat().st_mtime
+            except OSError:
+                continue
+        return self.path.stat().st_mtime
+
     def overrides(self) -> list[str]:
         path = self.path / OVERRIDES
-        return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+        return (yaml.load(path.read_text(), Loader=FAST_YAML) or []) if path.is_file() else []
 
     def metrics(self) -> dict[str, Any]:
         """metrics.json, or {} before the run wrote one (a half-written file cannot exist: writes are atomic)."""
@@ -125,6 +210,9 @@ class RunDir:
         return self._class("model")
 
     def _class(self, section: str) -> type | None:
+        # deferred: Hydra is heavy, and listing runs (dlexp runs) never needs it
+        from hydra._internal.utils import _locate
+
         try:
             return _locate(str(self.config().get(section, {}).get("_target_", "")))
         except Exception:
