@@ -12,7 +12,8 @@ from dlexp.errors import ConfigError, RunFailed, RunInterrupted
 
 # each command is a module with main(args) -> int, imported only when it runs (start-up: torch and Hydra load
 # only for the commands that need them)
-COMMANDS = {name: f"dlexp.commands.{name}" for name in ("train", "resume", "eval", "sample", "compare", "list")}
+COMMANDS = {name: f"dlexp.commands.{name}"
+            for name in ("train", "resume", "eval", "sample", "compare", "list", "runs")}
 
 
 def exit_code(error: Exception) -> int:

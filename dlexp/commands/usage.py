@@ -16,6 +16,8 @@ subcommands:
                            out=DIR), or mode=codes: a plot of an autoencoder's 2-d codes
   compare SWEEP_DIR|RUN_DIR...  the runs' table, best first, and a PNG of their curves and samples
   list [GROUP]             the choices of every config group (or of one) with a one-line description
+  runs [DIR] [--json]      every run and sweep job under outputs/ (or DIR), newest first: status, best, test, age
+                           (sort=best status=interrupted model=mlp ...)
 
 examples:
   dlexp train                                       convnet on the offline digits dataset
@@ -27,6 +29,7 @@ examples:
   dlexp train model=wgan_gp dataset=mnist
   dlexp sample outputs/runs/2026-11-22_10-31-07_a1b2c3 n=64 mode=interpolate
   dlexp list model
+  dlexp runs status=interrupted               what stopped, with the command that continues each
 
 Every run writes outputs/runs/<date>_<time>_<hex>/ with config.yaml, overrides.yaml, metrics.json,
 train.log, checkpoints/ and tb/ (tensorboard --logdir outputs). `dlexp train --help` for overrides.
@@ -96,6 +99,18 @@ usage: dlexp list [GROUP]
 The choices of every config group (or of one) with a one-line description.
 """
 
+RUNS = """\
+usage: dlexp runs [DIR] [key=value ...] [--json]
+
+Every run and sweep job under outputs/ (or DIR), newest first: name (sweep/job for a sweep's jobs), experiment, model,
+dataset, status, the monitored metric's best value, the main test metric, epochs, wall time, age. Status is what
+metrics.json says: completed, interrupted (the `dlexp resume` command that continues it is printed), failed; or
+unfinished (no metrics.json yet: still running, or killed) or unreadable (a damaged file; the reason is printed).
+options (conf/runs.yaml): sort=age|name|experiment|model|dataset|status|best|test|epochs|wall reverse=true
+  status=completed|interrupted|failed|unfinished|unreadable model=NAME dataset=NAME experiment=NAME (a,b: either)
+--json: a list of objects (path, status, monitor, best, test_metric, test, wall_s, age_s, resume, reason, ...)
+"""
+
 
 def train() -> str:
     """dlexp train --help: the grammar, every group with its default and choices, the common keys."""
@@ -108,4 +123,4 @@ def train() -> str:
 def text(command: str) -> str:
     """The help text of one command."""
     return train() if command == "train" else {"resume": RESUME, "eval": EVAL, "sample": SAMPLE, "compare": COMPARE,
-                                               "list": LIST}[command]
+                                               "list": LIST, "runs": RUNS}[command]
