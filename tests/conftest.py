@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 # the dlexp commands tests start run tiny nets on tiny batches: one thread each is faster than waking a pool, and
 # with one test process per core (pytest -n auto) more threads would oversubscribe the machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the speed probe's cache (channels_last/threads: auto, dlexp/engine/autotune.py) of this session, not the user's
+os.environ.setdefault("DLEXP_CACHE_DIR", tempfile.mkdtemp(prefix="dlexp-test-cache-"))
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_ecg = pytest.mark.skipif(not any(p.is_file() for p in scipy_ecg_files()),

@@ -4,6 +4,7 @@ callbacks, loggers, trainer). Every failure here is a config or data problem, re
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +15,13 @@ from torch import nn
 
 from dlexp.callbacks.run_state import RNGState, WeightsAgreement
 from dlexp.callbacks.training import GradientClipping, RunInfo
-from dlexp.engine import ddp
+from dlexp.engine import autotune, ddp
 from dlexp.engine.checkpoint import AtomicCheckpointIO
 from dlexp.engine.instantiate import make, net_from_config
 from dlexp.engine.transfer import load_matching
 from dlexp.errors import ConfigError
 
+log = logging.getLogger("dlexp")
 
 @dataclass
 class Run:
@@ -76,7 +78,9 @@ def _net(cfg: DictConfig, datamodule: Any, model_name: str, dropout: float) -> n
                           "option")
     if cfg.model.get("init_from"):
         load_matching(net, cfg.model.init_from, list(cfg.model.init_include), list(cfg.model.init_exclude))
-    if _channels_last(cfg):  # conv kernels and batches NHWC: faster convolutions on GPUs and with oneDNN on CPUs
+    switches = _switches(cfg, net, datamodule)
+    torch.set_num_threads(switches.threads)
+    if switches.channels_last:  # conv kernels and batches NHWC: faster on GPUs, on some CPUs (oneDNN) too
         net = net.to(memory_format=torch.channels_last)
         datamodule.memory_format = torch.channels_last
     if cfg.get("compile"):
@@ -126,13 +130,13 @@ def _callbacks(cfg: DictConfig, extra: list) -> list[pl.Callback]:
     return callbacks
 
 
-def _channels_last(cfg: DictConfig) -> bool:
-    value = cfg.get("channels_last", False)
-    if value == "auto":
-        return str(cfg.trainer.get("accelerator")) in ("gpu", "cuda")
-    if not isinstance(value, bool):
-        raise ConfigError(f"channels_last must be true, false or auto, got '{value}'")
-    return value
+def _switches(cfg: DictConfig, net: nn.Module, datamodule: Any) -> autotune.Switches:
+    """channels_last and threads as configured, `auto` ones measured on this CPU (dlexp/engine/autotune.py)."""
+    on_gpu = str(cfg.trainer.get("accelerator")) in ("gpu", "cuda")
+    example = datamodule.example_batch(cfg.dataset.get("batch_size") or 64)
+    switches = autotune.choose(net, example, cfg.get("channels_last", False), cfg.get("threads", "auto"), on_gpu)
+    log.info("speed: %d thread(s)%s", switches.threads, ", channels_last" if switches.channels_last else "")
+    return switches
 
 
 def _dry_run(optimizer: Any, scheduler: Any) -> None:

@@ -37,11 +37,17 @@ def test_channels_last_trains_to_the_same_weights(make_cfg):
     assert close(plain, fast, atol=1e-3)  # oneDNN sums NHWC gradients in another order: ~4e-4 after 6 steps
 
 
-def test_channels_last_auto_is_off_on_cpu_and_a_bad_value_is_refused(make_cfg):
+def test_channels_last_auto_follows_the_cpu_probe_and_a_bad_value_is_refused(make_cfg, monkeypatch):
+    from dlexp.engine import autotune
     from dlexp.errors import ConfigError
 
-    _, parts = fit(make_cfg, "channels_last=auto")
-    assert parts.task.net.features.layer2[0].weight.is_contiguous()
+    for fastest in (False, True):
+        monkeypatch.setattr(autotune, "measure", lambda net, example, formats, counts, fastest=fastest: {
+            "channels_last": fastest, "threads": counts[-1], "timings": []})
+        monkeypatch.setenv("DLEXP_CACHE_DIR", str(make_cfg().run_dir) + f"-cache-{fastest}")
+        _, parts = fit(make_cfg, "channels_last=auto", "threads=1")
+        conv = parts.task.net.features.layer2[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) is fastest
     with pytest.raises(ConfigError, match="channels_last must be true, false or auto"):
         build(make_cfg(*DIGITS_CONVNET, "channels_last=sometimes"), model_name="convnet")
 
@@ -65,6 +71,6 @@ def test_torch_compile_trains_to_the_same_weights(make_cfg):
 
 def test_speedrun_preset_composes_with_its_documented_choices(make_cfg):
     cfg = make_cfg("experiment=fashion_speedrun")
-    assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.batch_size == 256 and cfg.channels_last is True
+    assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.batch_size == 256 and cfg.channels_last == "auto"
     assert cfg.scheduler._target_ == "dlexp.optim.onecycle" and cfg.optimizer._target_ == "torch.optim.AdamW"
     assert list(cfg.model.channels) == [16, 32, 64] and cfg.model.kernel_size == 3
