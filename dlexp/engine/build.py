@@ -136,6 +136,8 @@ def _switches(cfg: DictConfig, net: nn.Module, datamodule: Any) -> autotune.Swit
     example = datamodule.example_batch(cfg.dataset.get("batch_size") or 64)
     switches = autotune.choose(net, example, cfg.get("channels_last", False), cfg.get("threads", "auto"), on_gpu)
     log.info("speed: %d thread(s)%s", switches.threads, ", channels_last" if switches.channels_last else "")
+    # what `auto` became is what config.yaml records: a resumed run (and every DDP rank) uses the same switches
+    cfg.channels_last, cfg.threads = switches.channels_last, switches.threads
     return switches
 
 

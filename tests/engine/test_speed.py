@@ -74,3 +74,10 @@ def test_speedrun_preset_composes_with_its_documented_choices(make_cfg):
     assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.batch_size == 256 and cfg.channels_last == "auto"
     assert cfg.scheduler._target_ == "dlexp.optim.onecycle" and cfg.optimizer._target_ == "torch.optim.AdamW"
     assert list(cfg.model.channels) == [16, 32, 64] and cfg.model.kernel_size == 3
+
+
+def test_what_auto_became_is_recorded_in_the_config(make_cfg):
+    """config.yaml (written from this cfg) records the measured switches: `dlexp resume` and DDP ranks reuse them."""
+    cfg = make_cfg(*DIGITS_CONVNET, "channels_last=auto", "threads=auto")
+    build(cfg, model_name="convnet")
+    assert isinstance(cfg.channels_last, bool) and cfg.threads == torch.get_num_threads() >= 1
