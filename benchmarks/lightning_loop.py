@@ -104,6 +104,7 @@ class ConvNetModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         torch.save({"net": self.net.state_dict(), "epoch": self.current_epoch}, self.out / "last.pt")
+        stamp(f"epoch_end_{self.current_epoch}")
 
     def on_fit_end(self) -> None:
         stamp("fit_end")
@@ -116,6 +117,7 @@ def main(argv: list[str]) -> None:
     task, spec_path = argv
     assert task == "convnet", "only the convnet has a Lightning reference"
     spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])  # as dlexp's run and the plain loop
     random.seed(spec["seed"])  # as plain_loops.main: the net's initial weights come from this seed
     np.random.seed(spec["seed"])
     torch.manual_seed(spec["seed"])

@@ -98,6 +98,7 @@ def convnet(spec: dict, out: Path) -> dict:
         print(f"epoch {epoch}: train/loss {loss_sum.item() / seen:.4f}  train/acc {correct.item() / seen:.4f}  "
               f"val/loss {val_loss:.4f}  val/acc {val_acc:.4f}")
         torch.save({"net": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, out / "last.pt")
+        stamp(f"epoch_end_{epoch}")
     stamp("fit_end")
     test_loss, test_acc = evaluate("test")
     return {"train_images": seen * spec["epochs"], "test/acc": test_acc, "test/loss": test_loss}
@@ -150,6 +151,7 @@ def wgan_gp(spec: dict, out: Path) -> dict:
                 D.requires_grad_(True)
         print(f"epoch {epoch}: train/d_loss {torch.stack(d_losses).mean().item():.4f}")
         torch.save({"net": net.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, out / "last.pt")
+        stamp(f"epoch_end_{epoch}")
     G.eval()
     with torch.no_grad():
         save_image((G(fixed_noise) * std + mean).clamp(0, 1), out / "samples.png", nrow=8)
@@ -162,6 +164,7 @@ def main(argv: list[str]) -> None:
     task, spec_path = argv
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec_path).parent
+    torch.set_num_threads(spec["threads"])  # as dlexp's run (threads=N in its overrides)
     random.seed(spec["seed"])  # what Lightning's seed_everything seeds
     np.random.seed(spec["seed"])
     torch.manual_seed(spec["seed"])

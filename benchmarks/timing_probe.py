@@ -13,7 +13,8 @@ from common import stamp
 
 
 class TimingProbe(pl.Callback):
-    """Stamps: built (callbacks instantiated: config, data and net are done), fit_start, first_step, fit_end."""
+    """Stamps: built (callbacks instantiated: config, data and net are done), fit_start, first_step, epoch_end_N,
+    fit_end."""
 
     def __init__(self) -> None:
         stamp("built")
@@ -26,6 +27,9 @@ class TimingProbe(pl.Callback):
         if self.first:
             self.first = False
             stamp("first_step")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stamp(f"epoch_end_{trainer.current_epoch}")  # after validation and the epoch's checkpoints
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stamp("fit_end")  # after the last epoch's validation and checkpoints: the plain loops stamp the same point

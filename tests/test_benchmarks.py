@@ -45,7 +45,7 @@ def assert_ratios(stdout: str, names: list[str]) -> None:
 @pytest.mark.slow
 def test_overhead_quick_prints_ratios_and_the_plain_loops_match_dlexp(tmp_path):
     result = run_quick("overhead.py", tmp_path)
-    assert_ratios(result.stdout, ["convnet", "wgan_gp"])
+    assert_ratios(result.stdout, ["convnet_fit", "wgan_gp_fit", "convnet_vs_lightning", "convnet_startup_extra_s"])
     agree = [line for line in result.stdout.splitlines() if line.startswith("results ")]
     assert len(agree) == 2 and all(line.endswith("agree") for line in agree), result.stdout
 
