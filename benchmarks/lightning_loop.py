@@ -117,7 +117,8 @@ def main(argv: list[str]) -> None:
     task, spec_path = argv
     assert task == "convnet", "only the convnet has a Lightning reference"
     spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(spec["threads"])  # as dlexp's run and the plain loop
+    if spec["threads"] != "auto":  # as dlexp's run (threads=N in its overrides); auto: torch's default
+        torch.set_num_threads(spec["threads"])
     random.seed(spec["seed"])  # as plain_loops.main: the net's initial weights come from this seed
     np.random.seed(spec["seed"])
     torch.manual_seed(spec["seed"])

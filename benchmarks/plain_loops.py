@@ -164,7 +164,8 @@ def main(argv: list[str]) -> None:
     task, spec_path = argv
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec_path).parent
-    torch.set_num_threads(spec["threads"])  # as dlexp's run (threads=N in its overrides)
+    if spec["threads"] != "auto":  # as dlexp's run (threads=N in its overrides); auto: torch's default
+        torch.set_num_threads(spec["threads"])
     random.seed(spec["seed"])  # what Lightning's seed_everything seeds
     np.random.seed(spec["seed"])
     torch.manual_seed(spec["seed"])

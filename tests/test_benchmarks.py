@@ -100,3 +100,10 @@ def test_sequences_quick_prints_ratios_and_every_side_reaches_the_same_loss(tmp_
     assert losses["lstm plain packed"] == pytest.approx(losses["lstm plain fixed"], rel=0.1)
     same = [line for line in result.stdout.splitlines() if line.startswith("same work")]
     assert len(same) == 1 and same[0].endswith("agree"), result.stdout
+
+
+@pytest.mark.slow
+def test_speedrun_quick_prints_its_ratio(tmp_path):
+    result = run_quick("speedrun.py", tmp_path)
+    assert_ratios(result.stdout, ["speedrun"])
+    assert "plain epoch" in result.stdout and "fashion_speedrun" in result.stdout
