@@ -8,7 +8,6 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.model_helpers import is_overridden
-from torch.utils.tensorboard.summary import hparams
 
 from dlexp.callbacks.run_state import StopOnSignal, WeightsAgreement
 from dlexp.engine.build import Run
@@ -78,6 +77,9 @@ def log_hparams_session(logger: pl.loggers.TensorBoardLogger, params: dict[str, 
     Unlike Lightning's log_hyperparams, no per-run experiment summary: TensorBoard then builds the experiment from
     every session under --logdir, so all runs of a sweep (with their different keys) show up in one table.
     """
+    # deferred: tensorboard (0.1-0.3 s of imports) loads only for runs that log to TensorBoard (start-up)
+    from torch.utils.tensorboard.summary import hparams
+
     best = {k: v for k, v in metrics.items() if k.endswith("_best") and isinstance(v, float)}
     logger.log_metrics(best, step=metrics["global_step"])  # test/ and val/ are logged already, *_best is not
     _, session_start, session_end = hparams(params, best)
