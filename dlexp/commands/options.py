@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.config.checks import check_type
 from dlexp.config.compose import conf_dir, did_you_mean, register_resolvers
+from dlexp.config.types import check_type
 from dlexp.errors import ConfigError
 
 

@@ -19,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dlexp.commands import usage
-from dlexp.config.checks import check_type
 from dlexp.config.compose import did_you_mean
+from dlexp.config.types import check_type
 from dlexp.engine.checkpoint import load_checkpoint
 from dlexp.engine.execute import execute
 from dlexp.engine.logs import append_to_run_log

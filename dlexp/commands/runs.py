@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.commands import usage
+from dlexp.commands import options, usage
 from dlexp.config.compose import conf_dir, did_you_mean, groups
 from dlexp.engine.rundir import (
     CONFIG,
@@ -40,35 +40,6 @@ LOWER_IS_BETTER = ("loss", "mae", "mse", "bpc", "fid", "kid", "error")  # in a m
 FLAGS = ("--json",)
 
 
-def grammar(args: list[str]) -> tuple[list[str], DictConfig]:
-    """options.parse("runs", args) of dlexp/commands/options.py, re-stated: options.py imports dlexp.config.checks,
-    which loads Hydra. Paths, then `key=value` (or `runs.key=value`) checked against conf/runs.yaml: an unknown key
-    gets a "did you mean", a bool its type. tests/commands/test_runs.py holds the two to the same answers."""
-    positional, opts = [], OmegaConf.load(conf_dir() / "runs.yaml")
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        if not sep:
-            positional.append(arg)
-            continue
-        key = key.removeprefix("runs.")
-        if key not in opts:
-            raise ConfigError(f"unknown runs option '{key}'{did_you_mean(key, list(opts))}; options: "
-                              f"{', '.join(f'{k}=' for k in opts)}")
-        value = _value(text)
-        if isinstance(opts[key], bool) and value is not None and not isinstance(value, bool):
-            raise ConfigError(f"runs option {key} expects true or false, got {value!r}")
-        opts[key] = value
-    return positional, opts
-
-
-def _value(text: str) -> Any:
-    """A value as YAML reads it (true -> bool, null -> None), else the text itself (options.py's _value)."""
-    try:
-        return yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        return text
-
-
 def parse(args: list[str]) -> tuple[Path, DictConfig, bool]:
     """(the folder to list, the checked options, --json)."""
     flags = [a for a in args if a.startswith("-")]
@@ -76,7 +47,7 @@ def parse(args: list[str]) -> tuple[Path, DictConfig, bool]:
     if unknown:
         raise ConfigError(f"unknown flag '{unknown[0]}'{did_you_mean(unknown[0], list(FLAGS))}; "
                           f"{usage.RUNS.splitlines()[0]}")
-    positional, opts = grammar([a for a in args if a not in flags])
+    positional, opts = options.parse("runs", [a for a in args if a not in flags])
     if len(positional) > 1:
         raise ConfigError(f"one DIR at most, got {len(positional)}; {usage.RUNS.splitlines()[0]}")
     root = Path(positional[0]) if positional else default_root()

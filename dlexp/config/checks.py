@@ -14,6 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dlexp.config.compose import compose, did_you_mean, first_line, groups
+from dlexp.config.types import check_type
 from dlexp.errors import ConfigError
 
 
@@ -30,6 +31,7 @@ def check_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides: {first_line(str(e))}") from None
     known = groups()
     _check_installed(parsed)
+    _check_launcher(parsed, known)
     first: list[str] = []               # every override at its first value
     alternatives: list[tuple[int, str]] = []  # (position, override at another sweep value)
     given = {o.key_or_group for o in parsed}
@@ -87,6 +89,28 @@ OPTIONAL = {
     **{f"hydra/launcher={name}": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")
        for name in ("slurm", "submitit_slurm", "submitit_local")},
 }
+
+
+PARALLEL_LAUNCHER = "hydra_plugins.dlexp.ParallelLauncher"  # conf/hydra/launcher/parallel.yaml
+
+
+def _check_launcher(parsed: list[Any], known: dict[str, list[str]]) -> None:
+    """hydra.launcher.* of hydra/launcher=parallel set on the command line: n_jobs and threads auto or >= 1,
+    cuda_devices a list or null (the other launchers check their own settings)."""
+    if not any(o.key_or_group.startswith("hydra.launcher.") for o in parsed):
+        return
+    lines = [o.input_line for o in parsed
+             if not o.is_sweep_override() and (o.key_or_group in known or o.key_or_group.startswith("hydra"))]
+    launcher = compose(lines, return_hydra_config=True).hydra.launcher
+    if launcher.get("_target_") != PARALLEL_LAUNCHER:
+        return
+    for key in ("n_jobs", "threads"):
+        value = launcher.get(key)
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"hydra.launcher.{key} must be auto or a whole number >= 1, got '{value}'")
+    devices = launcher.get("cuda_devices")
+    if devices is not None and not (isinstance(devices, ListConfig) and len(devices) > 0):
+        raise ConfigError(f"hydra.launcher.cuda_devices must be a list of GPUs such as [0,1], or null, got '{devices}'")
 
 
 def _check_installed(parsed: list[Any]) -> None:
@@ -269,26 +293,3 @@ def _has_key(cfg: DictConfig, key: str) -> bool:
     node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
     # `in node` is False for a key left at ???, which may still be set: look at the keys themselves
     return isinstance(node, DictConfig) and leaf in node.keys() or isinstance(node, ListConfig) and leaf.isdigit()
-
-
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
-
-
-def check_type(key: str, default: Any, value: Any) -> None:
-    """The new value must fit the type of the default (ints pass for floats; null passes for anything)."""
-    if default is None or value is None or isinstance(default, str):
-        return
-    if isinstance(default, (ListConfig, list)):
-        expected = list
-    elif isinstance(default, (DictConfig, dict)):
-        expected = dict
-    else:
-        expected = type(default)
-    ok = (
-        isinstance(value, bool) if expected is bool
-        else isinstance(value, int) and not isinstance(value, bool) if expected is int
-        else isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
-        else isinstance(value, expected)
-    )
-    if not ok:
-        raise ConfigError(f"{key} expects {TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")

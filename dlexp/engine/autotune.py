@@ -75,7 +75,7 @@ def choose(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], channels_
     with _locked():  # processes starting together (DDP ranks, sweep jobs) measure once and agree
         cached = _read_cache().get(key)
         if cached is None:
-            cached = measure(net, example, formats, counts)
+            cached = _measure_or_default(net, example, formats, counts)
             _write_cache(key, cached)
             log.info("speed probe (cached in %s): %s", cache_file(), ", ".join(
                 f"{t['threads']} thread(s){' channels_last' if t['channels_last'] else ''} {t['ms']:.1f} ms/step"
@@ -101,6 +101,16 @@ def thread_candidates(budget: int) -> list[int]:
 
 def has_conv(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) and m.weight.dim() == 4 for m in net.modules())
+
+
+def _measure_or_default(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], formats: list[bool],
+                        counts: list[int]) -> dict:
+    """measure(), or the plain defaults for a net the probe cannot step by itself (a VAE: its task calls its parts)."""
+    try:
+        return measure(net, example, formats, counts)
+    except (NotImplementedError, TypeError, ValueError, RuntimeError) as e:
+        log.info("speed probe skipped (%s: %s): contiguous format, %d thread(s)", type(e).__name__, e, counts[-1])
+        return {"channels_last": False, "threads": counts[-1], "timings": [], "skipped": str(e)}
 
 
 def measure(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], formats: list[bool],

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dlexp.commands import options, runs
+from dlexp.commands import runs
 from dlexp.engine.rundir import RunDir
 from dlexp.errors import ConfigError
 
@@ -182,20 +182,6 @@ def test_a_missing_directory_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="no directory: outputs here"):
         runs.main([])
-
-
-@pytest.mark.parametrize("args", [[], ["x", "sort=best"], ["runs.status=failed,completed", "reverse=true"],
-                                  ["model=null"], ["reverse=maybe"], ["colour=red"], ["sort=1"], ["status="]])
-def test_the_option_grammar_is_options_parse(args):
-    """runs.grammar re-states options.parse("runs", ...) without Hydra: the same answers, the same errors."""
-    def answer(parse):
-        try:
-            positional, opts = parse(args)
-            return positional, dict(opts)
-        except ConfigError as e:
-            return str(e)
-
-    assert answer(runs.grammar) == answer(lambda a: options.parse("runs", a))
 
 
 def test_main_test_metric():

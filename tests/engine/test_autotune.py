@@ -103,3 +103,16 @@ def test_thread_candidates_double_up_to_the_budget():
     assert autotune.thread_candidates(1) == [1]
     assert autotune.thread_candidates(6) == [1, 2, 4, 6]
     assert autotune.thread_candidates(8) == [1, 2, 4, 8]
+
+
+def test_a_net_the_probe_cannot_step_gets_the_plain_defaults(cache):
+    """A VAE has no forward of its own (its task calls encoder and decoder): no probe, contiguous, all threads."""
+    class NoForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+    torch.set_num_threads(2)
+    assert autotune.choose(NoForward(), example(), "auto", "auto", on_gpu=False) == autotune.Switches(False, 2)
+    (entry,) = json.loads(cache.read_text()).values()
+    assert "forward" in entry["skipped"]
