@@ -13,25 +13,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from hydra_plugins.dlexp import register as register_optuna
+from hydra_plugins.dlexp import register as register_plugins
 from omegaconf import DictConfig
 
 from dlexp.config.checks import check_overrides, check_writable
 from dlexp.config.compose import compose, conf_dir, register_resolvers
 from dlexp.engine.ranks import rank_overrides
 from dlexp.errors import ConfigError, RunFailed, RunInterrupted
+from dlexp.sweeps.parallel import Unwind
 from dlexp.sweeps.summary import write_summary
 
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
-
-
-class _Unwind(BaseException):
-    """Carries an engine error out through hydra.main, which would print any Exception as a traceback."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def main(args: list[str]) -> int:
@@ -57,7 +50,7 @@ def main(args: list[str]) -> int:
     if not multirun:
         run_hydra(flags + overrides)
         return 0
-    register_optuna()  # hydra/sweeper=optuna (hparams_search=...): dlexp's own Optuna sweeper
+    register_plugins()  # dlexp's own Optuna sweeper (hparams_search=...) and parallel launcher
     folder = sweep_dir(overrides)  # composed before Hydra's main takes over Hydra's global state
     run_hydra(flags + overrides)
     return sweep_result(folder)
@@ -78,7 +71,7 @@ def run_hydra(args: list[str]) -> None:
     sys.argv = ["dlexp train", *args, *rank_overrides()]  # a rank > 0 of torchrun/srun: scratch directories
     try:
         hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(train_job)()
-    except _Unwind as unwind:
+    except Unwind as unwind:
         raise unwind.error from None
 
 
@@ -97,11 +90,11 @@ def train_job(cfg: DictConfig) -> float | None:
         return execute(cfg, Path(hydra_cfg.runtime.output_dir), choices, list(hydra_cfg.overrides.task), in_sweep)
     except (ConfigError, RunFailed) as e:
         if not in_sweep:
-            raise _Unwind(e) from None
+            raise Unwind(e) from None
         print(f"error: {e}", file=sys.stderr)
         return None
     except RunInterrupted as e:
-        raise _Unwind(e) from None
+        raise Unwind(e) from None
 
 
 def preset_sweep(overrides: list[str]) -> bool:

@@ -2,13 +2,15 @@
 
 `SummaryCallback` is a Hydra callback (conf/hydra/default.yaml): after every job and at the end of a multirun it
 writes summary.csv and summary.md into the sweep directory, reading each job's own files, so it works the same
-whatever launcher ran the jobs (in this process, joblib workers, submitit/SLURM).
+whatever launcher ran the jobs (in this process, joblib workers, submitit/SLURM). Under hydra/launcher=parallel the
+launcher writes it after each job instead of its workers: one writer, never a stale table.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from hydra.types import RunMode
 from dlexp.engine.ranks import launcher_rank
 from dlexp.engine.rundir import RunDir, is_run_dir
 from dlexp.io import atomic_write_text
+from dlexp.sweeps.worker import WORKER_ENV
 
 FIXED = ["job", "overrides", "status", "monitor", "best"]
 TAIL = ["epochs", "wall_s"]
@@ -125,6 +128,8 @@ class SummaryCallback(Callback):
     table); at the end of the sweep prints the table."""
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        if WORKER_ENV in os.environ:  # a worker of hydra/launcher=parallel: the launcher writes the table
+            return
         hydra = HydraConfig.get()
         if hydra.mode == RunMode.MULTIRUN and launcher_rank() == 0:  # (torchrun/srun: rank 0 writes)
             sweep_dir = Path(hydra.sweep.dir)
