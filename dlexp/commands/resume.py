@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dlexp.commands import usage
+from dlexp.config.checks import check_loggers
 from dlexp.config.compose import did_you_mean
 from dlexp.config.types import check_type
 from dlexp.engine.checkpoint import load_checkpoint
@@ -81,6 +82,7 @@ def resume_run(run_dir: Path, overrides: list[str], ckpt: Path | None = None) ->
     cfg = OmegaConf.create(text)
     choices = dict(cfg.pop("choices", {}) or {})
     applied = apply_overrides(cfg, choices, overrides)
+    check_loggers(cfg)  # the run's trackers: installed here, their server up (it continues their run, trackers.json)
     append_to_run_log(run.path)
     logging.getLogger("dlexp").info("resuming %s from %s%s", run.path, ckpt,
                                     f" with {' '.join(applied)}" if applied else "")

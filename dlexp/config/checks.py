@@ -167,6 +167,7 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
     if missing:
         raise ConfigError(f"required value missing: {', '.join(missing)} (set it, e.g. {missing[0]}=...)")
     _check_monitor(cfg)
+    check_loggers(cfg)
     _check_input_kind(cfg)
     _check_vocabulary(cfg)
     return cfg
@@ -206,6 +207,20 @@ def _check_input_kind(cfg: DictConfig) -> None:
             raise ConfigError(f"model {node._target_.rsplit('.', 1)[-1]} takes {' or '.join(kinds)} data; dataset "
                               f"'{name}' is {kind} data (dataset.kind): choose a model for {kind} data "
                               "(dlexp list model)")
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """What each logger declares it needs, before anything runs: the module it `requires` installed (else the pip
+    line of the dlexp extra that brings it), and its own `preflight` check (MLflow: a required server answers)."""
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        module, extra = _declared(node, "requires") or (None, None)
+        if module and not _installed(module):
+            raise ConfigError(f"logger={key} needs {module}, which is not installed: pip install 'dlexp[{extra}]'")
+        preflight = _declared(node, "preflight")
+        if preflight is not None:
+            preflight(str(key), node)
 
 
 def _check_monitor(cfg: DictConfig) -> None:

@@ -49,6 +49,8 @@ def build(cfg: DictConfig, model_name: str, extra_callbacks: list | None = None,
     callbacks = _callbacks(cfg, extra_callbacks or [])
     loggers = [make(f"logger.{k}", c, **({"purge_step": tensorboard_purge_step} if "purge_step" in c else {}))
                for k, c in (cfg.get("logger") or {}).items()]  # a logger that can forget steps declares purge_step
+    # a tracker that is not required and cannot be reached says so (dlexp/engine/trackers.py): the run goes on
+    loggers = [logger for logger in loggers if getattr(logger, "available", True)]
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = make(

@@ -56,6 +56,10 @@ def report(cfg: DictConfig, run: Run, metrics: dict[str, Any]) -> None:
     """Hand the finished run to its loggers (TensorBoard: an hparams session) and print the summary."""
     params = flat_hparams(cfg)
     for logger in run.loggers:
+        end_run = getattr(logger, "end_run", None)
+        if end_run is not None:  # a tracker (dlexp/engine/trackers.py) keeps the run's files and ends its run
+            end_run(metrics)
+            continue
         if isinstance(logger, pl.loggers.TensorBoardLogger):
             log_hparams_session(logger, params, metrics)
         else:

@@ -21,6 +21,8 @@ from dlexp.io import atomic_write_json, atomic_write_text
 
 CONFIG, OVERRIDES, METRICS, LOG = "config.yaml", "overrides.yaml", "metrics.json", "train.log"
 CHECKPOINTS, TENSORBOARD, SAMPLES, EVAL = "checkpoints", "tb", "samples", "eval"
+# the ids of a run in outside trackers (MLflow, W&B), so `dlexp resume` continues the same tracked run
+TRACKERS = "trackers.json"
 # any of these marks a run directory, an unfinished (no metrics.json yet) or damaged one included
 RUN_FILES = (CONFIG, METRICS, OVERRIDES, LOG)
 FAST_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it: ~3x faster
@@ -195,6 +197,29 @@ class RunDir:
         merged = {**self.metrics(), **metrics}
         self.write_metrics(merged)
         return merged
+
+    def tracking_name(self) -> tuple[str, str | None]:
+        """(run name, sweep name) for experiment trackers: the directory's name, `<sweep>/<job>` for a sweep's job."""
+        parent = self.path.parent
+        if self.path.name.isdigit() and is_sweep_dir(parent):
+            return f"{parent.name}/{self.path.name}", parent.name
+        return self.path.name, None
+
+    def tracker_ids(self, tracker: str) -> dict[str, Any]:
+        """What trackers.json keeps for one tracker (its run id, where it lives), {} for a run it never saw."""
+        path = self.path / TRACKERS
+        return dict(json.loads(path.read_text()).get(tracker, {})) if path.is_file() else {}
+
+    def write_tracker_ids(self, tracker: str, ids: dict[str, Any]) -> None:
+        path = self.path / TRACKERS
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        atomic_write_json(path, {**known, tracker: ids})
+
+    def tracked_files(self) -> list[Path]:
+        """The files a tracker keeps as artifacts: config.yaml, metrics.json, the sample grids and eval PNGs."""
+        files = [self.path / name for name in (CONFIG, METRICS)]
+        pngs = [p for folder in (self.samples, self.eval) for p in sorted(folder.rglob("*.png"))]
+        return [p for p in files if p.is_file()] + pngs
 
     def remove_orphans(self) -> None:
         """Temp files a kill left mid-write: their targets still hold the previous, complete file."""
