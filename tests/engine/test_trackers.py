@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
+import signal
 import socket
 import threading
 
@@ -15,7 +17,7 @@ from dlexp.config.checks import check_loggers, check_overrides
 from dlexp.config.compose import compose
 from dlexp.engine import trackers
 from dlexp.engine.rundir import RunDir
-from dlexp.errors import ConfigError
+from dlexp.errors import ConfigError, RunInterrupted
 
 
 needs_mlflow = pytest.mark.skipif(not trackers.installed("mlflow"),
@@ -154,3 +156,40 @@ def test_logger_configs_name_their_tracker_classes():
     for name, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
         node = compose([f"logger={name}"]).logger[name]
         assert checks._declared(node, "requires") == (module, module)
+
+
+@needs_mlflow
+def test_mlflow_tracker_starts_reopens_ends_and_replaces_a_deleted_run(tmp_path, caplog):
+    """In-process, on a local store: the run starts with the config as params and its id in trackers.json; an
+    interrupted fit ends it KILLED; a new tracker for the same run directory reopens it; end_run finishes it; a run
+    deleted meanwhile is replaced by a new one, with a warning."""
+    run_dir, store = tmp_path / "runs" / "r1", str(tmp_path / "mlflow")
+    run_dir.mkdir(parents=True)
+    RunDir(run_dir).write_config({"optimizer": {"lr": 0.01}, "seed": 1}, {"model": "mlp", "experiment": None})
+    first = trackers.MLflowTracker(run_dir=str(run_dir), local_store=store)
+    run_id, client = first.run_id, first.experiment  # the run starts on first use
+    assert RunDir(run_dir).tracker_ids("mlflow") == {"run_id": run_id, "experiment_id": first.experiment_id,
+                                                     "tracking_uri": trackers.local_store_uri(store)}
+    run = client.get_run(run_id)
+    assert run.data.params == {"optimizer.lr": "0.01", "seed": "1", "choices.model": "mlp",
+                               "choices.experiment": "null"}
+    assert (run.info.run_name, client.get_experiment(run.info.experiment_id).name) == ("r1", "mlp")
+    first.finalize("success")  # Lightning's, after fit: the run goes on
+    assert client.get_run(run_id).info.status == "RUNNING"
+    try:
+        raise RunInterrupted(signal.SIGTERM)
+    except RunInterrupted:
+        first.finalize("failed")  # Lightning's, while the interruption is handled
+    assert client.get_run(run_id).info.status == "KILLED"
+    again = trackers.MLflowTracker(run_dir=str(run_dir), local_store=store)
+    assert again.run_id == run_id and client.get_run(run_id).info.status == "RUNNING"
+    again.end_run({"val/acc_best": 0.5, "global_step": 7, "status": "completed"})
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"val/acc_best": 0.5}
+    assert [f.path for f in client.list_artifacts(run_id)] == ["config.yaml"]  # no metrics.json written here
+    client.delete_run(run_id)
+    with caplog.at_level(logging.WARNING, logger="dlexp"):
+        third = trackers.MLflowTracker(run_dir=str(run_dir), local_store=store)
+        assert third.run_id != run_id
+    assert f"MLflow run {run_id} of {run_dir} is not in" in caplog.text
+    assert RunDir(run_dir).tracker_ids("mlflow")["run_id"] == third.run_id
