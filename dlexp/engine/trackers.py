@@ -6,7 +6,8 @@ under the experiment preset (else the model), logs the resolved config.yaml, kee
 keeps config.yaml, metrics.json and the PNGs as artifacts. What the rest of dlexp uses is declared here, not looked up
 by name: `requires` (the module and the dlexp extra that brings it), `preflight` (a check of the settings before
 anything runs), `available` (False: a tracker that is not required and cannot be reached; the run goes on without
-it) and `end_run(metrics)` (the run completed; Lightning's finalize ends a run only when it fails).
+it) and `end_run(metrics)` (the run completed; Lightning's finalize ends a run only when it fails). mlflow and wandb
+are optional extras: they are imported inside methods only, and this module loads without them.
 """
 from __future__ import annotations
 
