@@ -107,3 +107,15 @@ def test_speedrun_quick_prints_its_ratio(tmp_path):
     result = run_quick("speedrun.py", tmp_path)
     assert_ratios(result.stdout, ["speedrun"])
     assert "plain epoch" in result.stdout and "fashion_speedrun" in result.stdout
+
+
+@pytest.mark.slow
+def test_sweeps_quick_prints_its_ratio_and_identical_per_job_results(tmp_path):
+    result = run_quick("sweeps.py", tmp_path)
+    assert result.stdout.startswith("sweeps:") and "CPU: " in result.stdout
+    assert_ratios(result.stdout, ["sweep_parallel"])
+    walls = {side: float(v) for side, v in table_column(result.stdout, "wall s").items()}
+    assert set(walls) == {"one at a time", "parallel"} and all(v > 0 for v in walls.values())
+    # the same jobs at the same thread count: the parallel sweep computes exactly what one at a time computes
+    same = [line for line in result.stdout.splitlines() if line.startswith("per-job metrics: ")]
+    assert len(same) == 1 and same[0].startswith("per-job metrics: identical (6 jobs"), result.stdout
