@@ -32,6 +32,7 @@ from dlexp.errors import ConfigError
 from dlexp.io import atomic_write_json
 
 log = logging.getLogger("dlexp")
+DEFAULT_THREADS = torch.get_num_threads()  # torch's default for this process (the cores), read once at import
 WARMUP, TIMED = 2, 4  # probe steps per candidate: warm-up (allocator, oneDNN primitives), then timed
 
 
@@ -66,7 +67,7 @@ def choose(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], channels_
     if on_gpu:
         return Switches(channels_last in (True, "auto"), torch.get_num_threads())
     formats = [False, True] if channels_last == "auto" and has_conv(net) else [channels_last is True]
-    budget = torch.get_num_threads()  # what this process may use (a parallel sweep's job gets its share)
+    budget = thread_budget()
     counts = thread_candidates(budget) if threads == "auto" else [min(int(threads), budget)]
     if len(formats) * len(counts) == 1:
         return Switches(formats[0], counts[0])
@@ -88,6 +89,14 @@ def _check(channels_last: object, threads: object) -> None:
         raise ConfigError(f"channels_last must be true, false or auto, got '{channels_last}'")
     if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         raise ConfigError(f"threads must be auto or an integer >= 1, got '{threads}'")
+
+
+def thread_budget() -> int:
+    """The threads this process may use: OMP_NUM_THREADS where set (a parallel sweep's job gets its share that way),
+    else torch's default for the process, as it was before any run of it chose a count (jobs of a sweep run one
+    after another in one process: each starts from the whole budget, not from the previous job's choice)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else DEFAULT_THREADS
 
 
 def thread_candidates(budget: int) -> list[int]:

@@ -17,6 +17,7 @@ from dlexp.nets.gans import GAN, DCGANDiscriminator, DCGANGenerator
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DLEXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the thread budget of these tests (conftest gives the suite 1)
     return tmp_path / "cache" / "speed.json"
 
 
@@ -36,8 +37,8 @@ def test_fixed_values_are_kept_without_a_probe(cache):
     assert not cache.exists()
 
 
-def test_no_conv_and_one_thread_leave_nothing_to_measure(cache):
-    torch.set_num_threads(1)
+def test_no_conv_and_one_thread_leave_nothing_to_measure(cache, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(256, 4))
     assert autotune.choose(mlp, example(), "auto", "auto", on_gpu=False) == autotune.Switches(False, 1)
     assert not cache.exists()
@@ -116,3 +117,12 @@ def test_a_net_the_probe_cannot_step_gets_the_plain_defaults(cache):
     assert autotune.choose(NoForward(), example(), "auto", "auto", on_gpu=False) == autotune.Switches(False, 2)
     (entry,) = json.loads(cache.read_text()).values()
     assert "forward" in entry["skipped"]
+
+
+def test_the_budget_is_the_environment_s_or_the_process_default_not_the_last_choice(monkeypatch):
+    """Sequential sweep jobs in one process: a job that chose 1 thread does not shrink the next job's budget."""
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    assert autotune.thread_budget() == autotune.DEFAULT_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert autotune.thread_budget() == 3
