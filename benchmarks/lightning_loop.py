@@ -99,8 +99,8 @@ class ConvNetModule(pl.LightningModule):
         return sums["loss"].item() / sums["n"].item(), sums["correct"].item() / sums["n"].item()
 
     def on_validation_epoch_end(self) -> None:
-        loss, acc = self._means()
-        print(f"epoch {self.current_epoch}: val/loss {loss:.4f}  val/acc {acc:.4f}")
+        loss, self.val_acc = self._means()
+        print(f"epoch {self.current_epoch}: val/loss {loss:.4f}  val/acc {self.val_acc:.4f}")
 
     def on_train_epoch_end(self) -> None:
         torch.save({"net": self.net.state_dict(), "epoch": self.current_epoch}, self.out / "last.pt")
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
     trainer.fit(module)
     trainer.test(module, verbose=False)
     print("result " + json.dumps({"train_images": module.seen, "test/acc": module.test_acc,
-                                  "test/loss": module.test_loss}))
+                                  "test/loss": module.test_loss, "val/acc": module.val_acc}))
 
 
 if __name__ == "__main__":

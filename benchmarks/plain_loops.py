@@ -101,7 +101,7 @@ def convnet(spec: dict, out: Path) -> dict:
         stamp(f"epoch_end_{epoch}")
     stamp("fit_end")
     test_loss, test_acc = evaluate("test")
-    return {"train_images": seen * spec["epochs"], "test/acc": test_acc, "test/loss": test_loss}
+    return {"train_images": seen * spec["epochs"], "test/acc": test_acc, "test/loss": test_loss, "val/acc": val_acc}
 
 
 def wgan_gp(spec: dict, out: Path) -> dict:
