@@ -145,13 +145,7 @@ def machine() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (Linux), else what platform knows."""
-    import platform
+    """The CPU's "model name" (dlexp's own helper: standard library only, so the driver stays light)."""
+    from dlexp.engine.machine import cpu_model as model
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return model()

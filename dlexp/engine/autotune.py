@@ -14,7 +14,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ try:
 except ImportError:  # Windows: no lock; at worst two processes starting together both measure
     fcntl = None
 
+from dlexp.engine.machine import cpu_model
 from dlexp.errors import ConfigError
 from dlexp.io import atomic_write_json
 
@@ -47,17 +47,6 @@ def cache_file() -> Path:
     folder = os.environ.get("DLEXP_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
                                                        "dlexp")
     return Path(folder) / "speed.json"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), what the cached choices are valid for."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def choose(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], channels_last: bool | str,
