@@ -108,7 +108,7 @@ def main() -> None:
         ["fit start -> first step (Lightning's fit set-up)", f"{s['first_step'] - s['fit_start']:.2f}"],
         ["total: command -> first training step", f"{s['first_step']:.2f}"],
     ]
-    print(f"\nwhere the time to the first step goes (dlexp train, digits)")
+    print("\nwhere the time to the first step goes (dlexp train, digits)")
     print(table(["phase", "seconds"], breakdown))
     if inside:
         print("\nwhat Lightning imports (one run under -X importtime: cumulative seconds, nested)")
