@@ -28,9 +28,6 @@ RUN_FILES = (CONFIG, METRICS, OVERRIDES, LOG)
 FAST_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where PyYAML has it: ~3x faster
 # an unindented `key:` line of a block-style YAML mapping
 TOP_LEVEL_KEY = re.compile(r"^([^\s#-][^:\n]*):", re.MULTILINE)
-# a `key: word` line of a plain mapping (plain_mapping), and the words YAML 1.1 reads as booleans
-PLAIN_LINE = re.compile(r"(?P<indent>(  )?)(?P<key>[A-Za-z_][\w/.-]*):( (?P<value>[A-Za-z_][\w/.-]*))?")
-YAML_WORDS = {w for word in ("yes", "no", "true", "false", "on", "off") for w in (word, word.title(), word.upper())}
 
 
 def is_run_dir(path: Path) -> bool:
@@ -75,33 +72,11 @@ def top_level_entries(text: str, keys: Iterable[str]) -> dict[str, Any]:
     wanted = set(keys)
     starts = [(m.start(), m.group(1).strip("'\"")) for m in TOP_LEVEL_KEY.finditer(text)] + [(len(text), "")]
     kept = "".join(text[start:end] for (start, key), (end, _) in itertools.pairwise(starts) if key in wanted)
-    entries = plain_mapping(kept)
-    if entries is None:
-        try:
-            entries = yaml.load(kept, Loader=FAST_YAML)
-        except yaml.YAMLError:
-            entries = yaml.load(text, Loader=FAST_YAML)
+    try:
+        entries = yaml.load(kept, Loader=FAST_YAML)
+    except yaml.YAMLError:
+        entries = yaml.load(text, Loader=FAST_YAML)
     return {k: v for k, v in entries.items() if k in wanted} if isinstance(entries, dict) else {}
-
-
-def plain_mapping(text: str) -> dict[str, Any] | None:
-    """`key: word` lines, some under an unindented `key:` two spaces in (config.yaml's monitor and choices), read as
-    YAML reads them ("null" is None) at a tenth of PyYAML's cost; None for any other YAML, which PyYAML then reads."""
-    found: dict[str, Any] = {}
-    outer = None
-    for line in text.splitlines():
-        match = PLAIN_LINE.fullmatch(line)
-        if match is None or match["value"] in YAML_WORDS:
-            return None
-        key, value = match["key"], None if match["value"] in ("null", "Null", "NULL") else match["value"]
-        if not match["indent"]:
-            found[key], outer = value, key if match["value"] is None else None  # `key:` alone: a mapping may follow
-        elif outer is None:
-            return None
-        else:
-            found[outer] = found[outer] or {}
-            found[outer][key] = value
-    return found
 
 
 def checkpoint_file(source: str | Path) -> Path:

@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf, open_dict
 
 from dlexp.config.compose import compose
-from dlexp.engine.rundir import RunDir, find_run_dirs, plain_mapping, top_level_entries
+from dlexp.engine.rundir import RunDir, find_run_dirs, top_level_entries
 
 KEYS = ("monitor", "monitor_mode", "choices", "trainer", "seed")
 
@@ -29,15 +29,6 @@ def test_top_level_entries_equal_a_full_parse_of_a_real_config(tmp_path, overrid
     whole = yaml.safe_load(RunDir(tmp_path).config_text())
     assert RunDir(tmp_path).config_entries(*KEYS) == {k: whole[k] for k in KEYS}
     assert RunDir(tmp_path).config_entries("monitor", "no_such_key") == {"monitor": whole["monitor"]}
-
-
-@pytest.mark.parametrize("text", [
-    "a: b\nc:\n  d: e\n  f: null\n", "a:\n", "a: val/acc\nb: _x-y.z/w\n", "a: NULL\n",
-    "a: yes\n", "a: 1\n", "a: 'quoted'\n", "a:\n  b:\n  - c\n", "a: b\n  c: d\n", "a:\n  b: [1, 2]\n", "- a\n",
-])
-def test_plain_mapping_reads_what_yaml_reads_or_declines(text):
-    fast = plain_mapping(text)
-    assert fast is None or fast == yaml.safe_load(text)
 
 
 def test_top_level_entries_of_odd_yaml():
