@@ -118,11 +118,11 @@ def _check_installed(parsed: list[Any]) -> None:
     for o in parsed:
         value = o.get_value_element_as_str() if not o.is_sweep_override() else ""
         need = OPTIONAL.get(f"{o.key_or_group}={value}") or (OPTIONAL.get(o.key_or_group) if value != "null" else None)
-        if need and not _installed(need[0]):
+        if need and not installed(need[0]):
             raise ConfigError(f"{o.input_line} needs {need[1]}, which is not installed: pip install 'dlexp[{need[2]}]'")
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package missing too
@@ -216,7 +216,7 @@ def check_loggers(cfg: DictConfig) -> None:
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
         module, extra = _declared(node, "requires") or (None, None)
-        if module and not _installed(module):
+        if module and not installed(module):
             raise ConfigError(f"logger={key} needs {module}, which is not installed: pip install 'dlexp[{extra}]'")
         preflight = _declared(node, "preflight")
         if preflight is not None:

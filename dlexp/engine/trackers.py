@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from dlexp.config.checks import installed
 from dlexp.engine.rundir import RunDir, is_run_dir
 from dlexp.errors import ConfigError, RunInterrupted
 
@@ -43,13 +43,6 @@ class MissingExtra(ConfigError):
 
 class TrackerUnreachable(ConfigError):
     """A required tracking server that does not answer: refused before training."""
-
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def require(module: str, extra: str) -> None:

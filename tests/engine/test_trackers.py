@@ -115,7 +115,7 @@ def test_a_resumed_runs_config_is_checked_too():
 
 @pytest.mark.parametrize("logger, extra", [("mlflow", "mlflow"), ("[tensorboard,wandb]", "wandb")])
 def test_a_missing_extra_is_one_line_with_its_pip_command(monkeypatch, logger, extra):
-    monkeypatch.setattr(checks, "_installed", lambda module: module not in ("mlflow", "wandb"))
+    monkeypatch.setattr(checks, "installed", lambda module: module not in ("mlflow", "wandb"))
     with pytest.raises(ConfigError) as e:
         check_overrides([f"logger={logger}"])
     assert str(e.value) == f"logger={extra} needs {extra}, which is not installed: pip install 'dlexp[{extra}]'"
