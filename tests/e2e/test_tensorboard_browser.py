@@ -75,11 +75,10 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, board, tmp_path):
+def page(browser, tmp_path):
     """A 1400x1000 tab; its screenshot lands in the test's tmp dir whatever the outcome."""
     tab = browser.new_page(viewport={"width": 1400, "height": 1000})
     tab.set_default_timeout(60_000)
-    tab.board = board
     yield tab
     tab.screenshot(path=str(tmp_path / "tensorboard.png"))
     tab.close()
@@ -91,10 +90,10 @@ def tb_run(run_dir: Path, work: dict[str, Any]) -> str:
 
 
 @needs_chromium
-def test_scalars_dashboard_lists_train_loss_and_val_acc_and_draws_every_jobs_line(page, work):
+def test_scalars_dashboard_lists_train_loss_and_val_acc_and_draws_every_jobs_line(page, board, work):
     from playwright.sync_api import expect
 
-    page.goto(page.board + "#scalars&tagFilter=train%2Floss%7Cval%2Facc")
+    page.goto(board + "#scalars&tagFilter=train%2Floss%7Cval%2Facc")
     expect(page.get_by_text("tag: val/acc", exact=True).first).to_be_visible()
     tags = {t.strip() for t in page.get_by_text("tag: ").all_inner_texts()}
     assert {"tag: train/loss_epoch", "tag: train/loss_step", "tag: val/acc", "tag: val/acc_best"} <= tags
@@ -111,10 +110,10 @@ def test_scalars_dashboard_lists_train_loss_and_val_acc_and_draws_every_jobs_lin
 
 
 @needs_chromium
-def test_images_tab_shows_the_gans_sample_grid(page, work):
+def test_images_tab_shows_the_gans_sample_grid(page, board, work):
     from playwright.sync_api import expect
 
-    page.goto(page.board + "#images")
+    page.goto(board + "#images")
     expect(page.get_by_text("tag: samples/grid", exact=True)).to_be_visible()
     image = page.locator("tf-image-loader img").first
     expect(image).to_be_visible()
@@ -126,10 +125,10 @@ def test_images_tab_shows_the_gans_sample_grid(page, work):
 
 
 @needs_chromium
-def test_hparams_tab_shows_every_sweep_job_with_its_test_accuracy(page, work):
+def test_hparams_tab_shows_every_sweep_job_with_its_test_accuracy(page, board, work):
     from playwright.sync_api import expect
 
-    page.goto(page.board + "#hparams")
+    page.goto(board + "#hparams")
     expect(page.get_by_text("Trial ID", exact=True)).to_be_visible()
     names = {tb_run(job, work) for job in [*work["jobs"], work["gan"]]}
     cells = page.locator("vaadin-grid-cell-content")
