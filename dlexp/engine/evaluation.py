@@ -13,6 +13,7 @@ from dlexp.data.datamodule import denormalize
 from dlexp.engine.extractors import make_extractor
 from dlexp.engine.restore import load_datamodule, restore_net
 from dlexp.engine.rundir import TENSORBOARD, RunDir
+from dlexp.engine.trackers import reopened
 from dlexp.errors import ConfigError
 from dlexp.io import atomic_write_json, atomic_write_text
 from dlexp.metrics.classification import class_report, confusion_markdown, confusion_png
@@ -160,13 +161,17 @@ REPORTS = {"classification": evaluate_classifier, "regression": evaluate_regress
 
 
 def record(run: RunDir, metrics: dict[str, Any], images: Images) -> None:
-    """Merge eval/ keys into metrics.json (atomically) and log scalars and images to the run's TensorBoard."""
+    """Merge eval/ keys into metrics.json (atomically); log scalars and images to the run's TensorBoard, and scalars
+    and the eval/ PNGs to the outside trackers the run logged to (the same MLflow / W&B run, reopened)."""
     merged = run.update_metrics(metrics)
     step = int(merged.get("global_step", 0))
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     writer = SummaryWriter(str(run.path / TENSORBOARD))
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(key, value, step)
+    for key, value in scalars.items():
+        writer.add_scalar(key, value, step)
     for key, grid in images.items():
         writer.add_image(key, grid, step)
     writer.close()
+    for tracker in reopened(run):
+        tracker.log_metrics(scalars, step=step)
+        tracker.end_run(metrics)  # the run's files (metrics.json with the eval/ keys, eval/*.png) kept, run ended

@@ -3,9 +3,10 @@
 Each names its run after the run directory (a sweep's job: `<sweep>/<job>`, with the sweep's name as a tag), files it
 under the experiment preset (else the model), logs the resolved config.yaml, keeps its run id in the run directory
 (trackers.json) so that `dlexp resume` continues the same run, and when the run completes logs its best values and
-keeps config.yaml, metrics.json and the PNGs as artifacts. What the rest of dlexp uses is declared here, not looked up
-by name: `requires` (the module and the dlexp extra that brings it), `preflight` (a check of the settings before
-anything runs), `available` (False: a tracker that is not required and cannot be reached; the run goes on without
+keeps config.yaml, metrics.json and the PNGs as artifacts; `dlexp eval` later reopens the same runs (reopened()).
+What the rest of dlexp uses is declared here, not looked up by name: `requires` (the module and the dlexp extra that
+brings it), `ids_key` (its entry in trackers.json), `preflight` (a check of the settings before anything runs),
+`available` (False: a tracker that is not required and cannot be reached; the run goes on without
 it) and `end_run(metrics)` (the run completed; Lightning's finalize ends a run only when it fails). mlflow and wandb
 are optional extras: they are imported inside methods only, and this module loads without them.
 """
@@ -25,11 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from hydra._internal.utils import _locate
 from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from dlexp.config.checks import installed
+from dlexp.engine.instantiate import make
 from dlexp.engine.rundir import RunDir, is_run_dir
 from dlexp.errors import ConfigError, RunInterrupted
 
@@ -104,6 +107,26 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def reopened(run: RunDir) -> list[Any]:
+    """The outside trackers a run logged to (config.yaml's loggers that have ids in its trackers.json), reopened on
+    those ids so that results which come later (`dlexp eval`) land in the same tracker runs. One that cannot be
+    reopened here (its extra missing, its server not answering) is skipped with a warning: the results are in the
+    run directory anyway."""
+    trackers = []
+    for key, node in (run.config().get("logger") or {}).items():
+        try:
+            ids_key = getattr(_locate(str(node.get("_target_"))), "ids_key", None)
+        except ImportError:  # not a tracker of this dlexp
+            continue
+        if ids_key is None or not run.tracker_ids(ids_key):
+            continue
+        try:
+            trackers.append(make(f"logger.{key}", {**node, "run_dir": str(run.path)}))
+        except ConfigError as e:
+            log.warning("not sent to logger.%s: %s", key, e)
+    return trackers
+
+
 def ended_by() -> str:
     """How a failing fit ended, from the exception being handled: KILLED (Ctrl-C, SIGTERM) or FAILED."""
     return "KILLED" if isinstance(sys.exc_info()[1], (RunInterrupted, KeyboardInterrupt)) else "FAILED"
@@ -117,13 +140,14 @@ class MLflowTracker(MLFlowLogger):
     """
 
     requires = ("mlflow", "mlflow")  # (module, dlexp extra)
+    ids_key = "mlflow"
 
     def __init__(self, run_dir: str, local_store: str, tracking_uri: str | None = None,
                  experiment_name: str | None = None, required: bool = True, timeout_s: float = 5.0,
                  tags: dict[str, Any] | None = None, artifact_location: str | None = None) -> None:
         require(*self.requires)
         self.folder = RunDir(Path(run_dir).resolve())
-        saved = self.folder.tracker_ids("mlflow")  # a resumed run: its MLflow run, where it lives
+        saved = self.folder.tracker_ids(self.ids_key)  # a resumed run: its MLflow run, where it lives
         uri = saved.get("tracking_uri") or tracking_uri or local_store_uri(local_store)
         if artifact_location is None and uri.startswith("sqlite:"):
             artifact_location = str(Path(local_store).expanduser().resolve() / "artifacts")
@@ -173,7 +197,7 @@ class MLflowTracker(MLFlowLogger):
         if resumed:
             client.update_run(self._run_id, status="RUNNING")
         else:
-            self.folder.write_tracker_ids("mlflow", {"run_id": self._run_id, "experiment_id": self._experiment_id,
+            self.folder.write_tracker_ids(self.ids_key, {"run_id": self._run_id, "experiment_id": self._experiment_id,
                                                      "tracking_uri": self._tracking_uri})
         known = client.get_run(self._run_id).data.params if resumed else {}
         self._log_params({k: v for k, v in flat_config(config).items() if k not in known})  # params never change
@@ -242,12 +266,13 @@ class WandbTracker(WandbLogger):
     """
 
     requires = ("wandb", "wandb")  # (module, dlexp extra)
+    ids_key = "wandb"
 
     def __init__(self, run_dir: str, project: str | None = None, offline: bool = True, entity: str | None = None,
                  tags: list[str] | None = None, job_type: str | None = None) -> None:
         require(*self.requires)
         self.folder = RunDir(Path(run_dir).resolve())
-        self.saved = self.folder.tracker_ids("wandb")  # a resumed run: its W&B run id and project
+        self.saved = self.folder.tracker_ids(self.ids_key)  # a resumed run: its W&B run id and project
         name, sweep = self.folder.tracking_name()
         super().__init__(name=name, save_dir=str(self.folder.path), offline=offline, id=self.saved.get("id"),
                          project=project, entity=entity, group=sweep, job_type=job_type,
@@ -273,7 +298,7 @@ class WandbTracker(WandbLogger):
         self._wandb_init["project"] = self._project = project
         run = WandbLogger.experiment.fget(self)
         if not self.saved:
-            self.folder.write_tracker_ids("wandb", {"id": run.id, "project": project, "offline": self._offline})
+            self.folder.write_tracker_ids(self.ids_key, {"id": run.id, "project": project, "offline": self._offline})
         run.config.update(config, allow_val_change=True)
 
     @rank_zero_only

@@ -103,16 +103,20 @@ def history(mlflow, run_id: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def served(server, tmp_path_factory):
-    """A run of a preset on the server (with TensorBoard too), read back; then `dlexp resume` for one more epoch."""
+    """A run of a preset on the server (with TensorBoard too), read back; then `dlexp resume` for one more epoch, and
+    `dlexp eval` of the finished run."""
     cwd = tmp_path_factory.mktemp("served")
     run_dir = run_dir_of(ok(dlexp(cwd, "train", "experiment=optimizers", "optimizer=adam", "dataset=digits",
                                   "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={server}", *TINY)))
     mlflow, ids = client(server), mlflow_ids(run_dir)
     first = {"ids": ids, "run": mlflow.get_run(ids["run_id"]), "val_acc": history(mlflow, ids["run_id"], "val/acc"),
              "losses": history(mlflow, ids["run_id"], "train/loss_step"),
-             "metrics": json.loads((run_dir / "metrics.json").read_text())}
+             "metrics": json.loads((run_dir / "metrics.json").read_text()),
+             "artifacts": {f.path for f in mlflow.list_artifacts(ids["run_id"])}}
     resumed = ok(dlexp(cwd, "resume", str(run_dir), "trainer.max_epochs=2"))
-    return {"run_dir": run_dir, "first": first, "resumed": resumed, "uri": server}
+    resumed_run = mlflow.get_run(ids["run_id"])
+    ok(dlexp(cwd, "eval", str(run_dir)))
+    return {"run_dir": run_dir, "first": first, "resumed": resumed, "resumed_run": resumed_run, "uri": server}
 
 
 @needs_mlflow
@@ -129,7 +133,7 @@ def test_mlflow_run_on_a_real_server_has_name_params_metrics_and_artifacts(serve
     assert [step for step, _ in served["first"]["losses"]] == [0, 1, 2]  # every logged step, at its step
     assert served["first"]["val_acc"][0][0] == 2 and "val/acc_best" in run.data.metrics
     assert run.data.metrics["test/acc"] == pytest.approx(served["first"]["metrics"]["test/acc"])
-    assert {f.path for f in mlflow.list_artifacts(run.info.run_id)} == {"config.yaml", "metrics.json"}
+    assert served["first"]["artifacts"] == {"config.yaml", "metrics.json"}
     saved = Path(mlflow.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path)))
     assert "optimizers" in saved.read_text()
     assert any((run_dir / "tb").glob("events.out.tfevents.*"))  # the other logger of the list still logs
@@ -140,14 +144,29 @@ def test_resume_continues_the_same_mlflow_run(served):
     run_dir, first = served["run_dir"], served["first"]
     mlflow = client(served["uri"])
     assert mlflow_ids(run_dir) == first["ids"]
-    runs = mlflow.search_runs([first["run"].info.experiment_id])
-    assert [r.info.run_id for r in runs] == [first["ids"]["run_id"]]  # no second run
-    run = mlflow.get_run(first["ids"]["run_id"])
-    assert run.info.status == "FINISHED"
+    run = served["resumed_run"]
+    assert run.info.run_id == first["ids"]["run_id"] and run.info.status == "FINISHED"
     val_acc = history(mlflow, run.info.run_id, "val/acc")
     assert val_acc[:1] == first["val_acc"] and [step for step, _ in val_acc] == [2, 5]  # epoch 2 after epoch 1
     assert [step for step, _ in history(mlflow, run.info.run_id, "train/loss_step")] == list(range(6))
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+
+
+@needs_mlflow
+def test_eval_of_a_finished_run_lands_in_the_same_mlflow_run(served, tmp_path):
+    run_dir, first = served["run_dir"], served["first"]
+    mlflow = client(served["uri"])
+    runs = mlflow.search_runs([first["run"].info.experiment_id])
+    assert [r.info.run_id for r in runs] == [first["ids"]["run_id"]]  # no second run, after resume and eval
+    run = mlflow.get_run(first["ids"]["run_id"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert run.info.status == "FINISHED" and metrics["eval/acc"] == pytest.approx(run.data.metrics["eval/acc"])
+    [(step, value)] = history(mlflow, run.info.run_id, "eval/acc")
+    assert step == metrics["global_step"] and value == pytest.approx(metrics["eval/acc"])
+    pngs = sorted(p.name for p in (run_dir / "eval").glob("*.png"))
+    assert pngs and sorted(Path(f.path).name for f in mlflow.list_artifacts(run.info.run_id, "eval")) == pngs
+    kept = Path(mlflow.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path)))
+    assert json.loads(kept.read_text()) == metrics  # the artifact is metrics.json with the eval/ keys
 
 
 @needs_mlflow
@@ -279,13 +298,14 @@ def wandb_history(records: list) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory):
-    """An offline W&B run of 1 epoch, then `dlexp resume` for a second one."""
+    """An offline W&B run of 1 epoch, then `dlexp resume` for a second one, then `dlexp eval`."""
     pytest.importorskip("wandb", reason="wandb is not installed: pip install 'dlexp[wandb]'")
     cwd = tmp_path_factory.mktemp("wandb")
     run_dir = run_dir_of(ok(dlexp(cwd, "train", "logger=wandb", *TINY)))
     first = {"ids": json.loads((run_dir / "trackers.json").read_text())["wandb"], "records": wandb_records(run_dir),
              "metrics": json.loads((run_dir / "metrics.json").read_text())}
     resumed = ok(dlexp(cwd, "resume", str(run_dir), "trainer.max_epochs=2"))
+    ok(dlexp(cwd, "eval", str(run_dir)))
     return {"run_dir": run_dir, "first": first, "resumed": resumed}
 
 
@@ -313,9 +333,25 @@ def test_wandb_resume_continues_the_same_run_id(wandb_run):
     run_dir, first = wandb_run["run_dir"], wandb_run["first"]
     assert json.loads((run_dir / "trackers.json").read_text())["wandb"] == first["ids"]
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and all(p.name.endswith(f"-{first['ids']['id']}") for p in offline)
+    assert len(offline) == 3 and all(p.name.endswith(f"-{first['ids']['id']}") for p in offline)  # train, resume, eval
     records = wandb_records(run_dir, attempt=1)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.run_id, run.display_name, run.project) == (first["ids"]["id"], run_dir.name, "convnet")
     steps = [row["trainer/global_step"] for row in wandb_history(records) if "train/loss_step" in row]
     assert steps == [3, 4, 5]  # the second epoch continues the first's steps
+
+
+@needs_wandb
+def test_eval_of_a_finished_run_continues_the_same_wandb_run(wandb_run):
+    run_dir, first = wandb_run["run_dir"], wandb_run["first"]
+    records = wandb_records(run_dir, attempt=2)  # the third offline run: dlexp eval's
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.run_id, run.display_name) == (first["ids"]["id"], run_dir.name)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    summary = {item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+               for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+    assert summary["eval/acc"] == pytest.approx(metrics["eval/acc"])
+    assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
+    files = sorted((run_dir / "wandb").glob("offline-run-*"))[2] / "files" / "dlexp"
+    pngs = sorted(p.name for p in (run_dir / "eval").glob("*.png"))
+    assert pngs and sorted(p.name for p in (files / "eval").glob("*.png")) == pngs
