@@ -19,7 +19,6 @@ from dlexp.engine import trackers
 from dlexp.engine.rundir import RunDir
 from dlexp.errors import ConfigError, RunInterrupted
 
-
 needs_mlflow = pytest.mark.skipif(not trackers.installed("mlflow"),
                                   reason="mlflow is not installed: pip install 'dlexp[mlflow]'")
 
@@ -193,3 +192,21 @@ def test_mlflow_tracker_starts_reopens_ends_and_replaces_a_deleted_run(tmp_path,
         assert third.run_id != run_id
     assert f"MLflow run {run_id} of {run_dir} is not in" in caplog.text
     assert RunDir(run_dir).tracker_ids("mlflow")["run_id"] == third.run_id
+
+
+@needs_mlflow
+def test_reopened_trackers_are_the_runs_own_and_a_server_gone_since_is_a_warning(tmp_path, caplog):
+    """dlexp eval's trackers: only loggers with ids in trackers.json (TensorBoard and a tracker that never started are
+    left out); a run whose MLflow server no longer answers is reopened without it, with a warning naming the URI."""
+    uri = f"http://127.0.0.1:{closed_port()}"
+    mlflow_node = {"_target_": "dlexp.engine.trackers.MLflowTracker", "run_dir": "/moved/away", "tracking_uri": uri,
+                   "local_store": str(tmp_path / "mlflow"), "required": True, "timeout_s": 2}
+    config = {"logger": {"tensorboard": {"_target_": "pytorch_lightning.loggers.TensorBoardLogger",
+                                         "save_dir": str(tmp_path)}, "mlflow": mlflow_node}}
+    run = RunDir(tmp_path)
+    run.write_config(config, {"model": "mlp"})
+    assert trackers.reopened(run) == []  # no ids: it never logged to MLflow (not required and unreachable, say)
+    run.write_tracker_ids("mlflow", {"run_id": "abc", "experiment_id": "1", "tracking_uri": uri})
+    with caplog.at_level(logging.WARNING, logger="dlexp"):
+        assert trackers.reopened(run) == []
+    assert "not sent to logger.mlflow" in caplog.text and uri in caplog.text
