@@ -13,6 +13,7 @@ from dlexp.nets.gans import GAN
 from dlexp.nets.modes import eval_mode
 from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, training_batches
 from dlexp.tasks.guard import all_finite, check_on_nan
+from dlexp.tasks.train_log import TrainLog
 
 
 def _spectral(module: torch.nn.Module) -> bool:
@@ -50,6 +51,8 @@ class AdversarialTask(pl.LightningModule):
         super().__init__()
         check_on_nan(on_nan)
         self.on_nan = on_nan
+        self.train_log = TrainLog(per_step=self.logged_metrics,
+                                  prog_bar=("train/d_loss", "train/d_real", "train/d_fake", "train/g_loss"))
         if not isinstance(net, GAN):
             raise ValueError("the adversarial task needs a model with a generator and a discriminator")
         if loss.wasserstein and not (loss.clip_value or loss.gp_weight or _spectral(net.discriminator)):
@@ -115,6 +118,12 @@ class AdversarialTask(pl.LightningModule):
             if generator_turn:
                 sched_g.step()
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_log.end_batch(self, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.train_log.end_epoch(self)
+
     def _critic_step(self, opt_d: Any, x: torch.Tensor, labels: torch.Tensor | None, batch_idx: int) -> None:
         """One discriminator / critic step on a real batch and as many samples of G (not trained here)."""
         G, D = self.net.generator, self.net.discriminator
@@ -127,7 +136,7 @@ class AdversarialTask(pl.LightningModule):
         d_loss = self.loss.d_loss(d_real, d_fake, self.real_label)
         if self.loss.gp_weight:
             gp = gradient_penalty(D, real_in, fake_in, labels)
-            self.log("train/gp", gp, on_step=True, on_epoch=True, sync_dist=True)
+            self.train_log.add({"train/gp": gp}, x.shape[0])
             d_loss = d_loss + self.loss.gp_weight * gp
         d_finite = all_finite(self, self.on_nan, {"train/d_loss": d_loss})
         if d_finite:
@@ -140,12 +149,11 @@ class AdversarialTask(pl.LightningModule):
                 for p in D.parameters():
                     p.clamp_(-self.loss.clip_value, self.loss.clip_value)
         if d_finite:
-            self.log_dict({"train/d_loss": d_loss, "train/d_real": self._report(d_real),
-                           "train/d_fake": self._report(d_fake)}, on_step=True, on_epoch=True, prog_bar=True,
-                          sync_dist=True)
+            critic = {"train/d_loss": d_loss, "train/d_real": self._report(d_real),
+                      "train/d_fake": self._report(d_fake)}
             if self.loss.wasserstein:
-                self.log("train/wasserstein", d_real.mean() - d_fake.mean(), on_step=True, on_epoch=True,
-                         sync_dist=True)
+                critic["train/wasserstein"] = d_real.mean() - d_fake.mean()
+            self.train_log.add(critic, x.shape[0])
 
     def _generator_step(self, opt_g: Any, x: torch.Tensor, labels: torch.Tensor | None, batch_idx: int) -> None:
         """One generator step against the current critic; then the EMA copy follows."""
@@ -156,7 +164,7 @@ class AdversarialTask(pl.LightningModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()
-            self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+            self.train_log.add({"train/g_loss": g_loss}, x.shape[0])
         self.untoggle_optimizer(opt_g)
         self._update_ema()
 

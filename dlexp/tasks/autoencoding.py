@@ -9,6 +9,7 @@ from torch import nn
 from dlexp.losses.regularizers import Regularization
 from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, configure
 from dlexp.tasks.guard import all_finite, check_on_nan
+from dlexp.tasks.train_log import TrainLog
 
 NOISES = ("none", "gaussian", "masking")
 
@@ -48,6 +49,7 @@ class AutoencodingTask(pl.LightningModule):
             raise ValueError(f"task.noise_level out of range for {noise} noise: {noise_level}")
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.reg = regularization or Regularization()
+        self.train_log = TrainLog(per_step=("train/loss", "train/reg_loss"), prog_bar=("train/loss",))
         if self.reg.label_smoothing or self.reg.max_norm:
             raise ValueError("regularizer label_smoothing and max_norm apply to classifiers; autoencoders take l1/l2/dropout")
         self.recon_loss, self.beta, self.noise, self.noise_level = recon_loss, beta, noise, noise_level
@@ -92,9 +94,9 @@ class AutoencodingTask(pl.LightningModule):
         return terms
 
     def _log(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        """Validation and test: epoch means (training: self.train_log)."""
         for name, value in terms.items():
-            self.log(name, value, on_step=name in ("train/loss", "train/reg_loss"), on_epoch=True,
-                     prog_bar=name.endswith("/loss"), batch_size=n, sync_dist=True)
+            self.log(name, value, on_epoch=True, prog_bar=name.endswith("/loss"), batch_size=n, sync_dist=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         terms = self.model_step(batch[0], "train")
@@ -102,8 +104,14 @@ class AutoencodingTask(pl.LightningModule):
             terms["train/reg_loss"] = self.reg.penalty(self.net)
         if not all_finite(self, self.on_nan, terms):
             return None  # Lightning skips backward and the optimizer step; nothing is logged
-        self._log(terms, batch[0].shape[0])
+        self.train_log.add(terms, batch[0].shape[0])
         return terms["train/loss"] + terms.get("train/reg_loss", 0.0)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_log.end_batch(self, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.train_log.end_epoch(self)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._log(self.model_step(batch[0], "val"), batch[0].shape[0])

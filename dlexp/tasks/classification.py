@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlexp.nets.prefix import CachedPrefix
 from dlexp.losses.regularizers import Regularization
+from dlexp.nets.prefix import CachedPrefix
 from dlexp.tasks.guard import all_finite, check_on_nan
+from dlexp.tasks.train_log import TrainLog
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., dict]
@@ -66,6 +67,7 @@ class ClassificationTask(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.reg = regularization or Regularization()
         self.val_acc_best = 0.0
+        self.train_log = TrainLog(per_step=("train/loss", "train/reg_loss"), prog_bar=("train/loss",))
         # set by the Freeze callback when a frozen prefix's outputs are cached: steps run only the rest
         self.cached_prefix: CachedPrefix | None = None
 
@@ -92,15 +94,15 @@ class ClassificationTask(pl.LightningModule):
             terms["train/reg_loss"] = self.reg.penalty(self.net)
         if not all_finite(self, self.on_nan, terms):
             return None  # Lightning skips backward and the optimizer step
-        # sync_dist: under DDP the epoch means cover every rank's batches (val and test run in full on each rank)
-        self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        for name, value in terms.items():
-            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == "train/loss", batch_size=n,
-                     sync_dist=True)
+        self.train_log.add({**terms, "train/acc": correct / n}, n)
         return sum(terms.values())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.reg.apply_max_norm(self.net)
+        self.train_log.end_batch(self, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.train_log.end_epoch(self)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, correct, n = self.model_step(batch)

@@ -11,6 +11,7 @@ from torch import nn
 from dlexp.losses.regularizers import Regularization
 from dlexp.tasks.classification import OptimizerFactory, SchedulerFactory, configure
 from dlexp.tasks.guard import all_finite, check_on_nan
+from dlexp.tasks.train_log import TrainLog
 
 
 class SupervisedTask(pl.LightningModule):
@@ -21,6 +22,7 @@ class SupervisedTask(pl.LightningModule):
     """
 
     best_metric = "loss"  # val/<best_metric>_best follows its minimum
+    logged_metrics: tuple[str, ...] = ("train/loss", "train/reg_loss")  # subclasses name theirs (config checks)
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
                  regularization: Regularization | None = None, on_nan: str = "stop") -> None:
@@ -32,6 +34,8 @@ class SupervisedTask(pl.LightningModule):
         if self.reg.label_smoothing:
             raise ValueError(f"regularizer.label_smoothing applies to classifiers, not to {type(self).__name__}")
         self.val_best = math.inf
+        train = [name for name in self.logged_metrics if name.startswith("train/")]  # all kept per step and epoch
+        self.train_log = TrainLog(per_step=train, prog_bar=("train/loss",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -46,15 +50,15 @@ class SupervisedTask(pl.LightningModule):
             terms["train/reg_loss"] = self.reg.penalty(self.net)
         if not all_finite(self, self.on_nan, terms):
             return None  # Lightning skips backward and the optimizer step
-        # sync_dist: under DDP the epoch means cover every rank's batches (val and test run in full on each rank)
-        logged = {**{f"train/{k}": v for k, v in metrics.items()}, **terms}
-        for name, value in logged.items():
-            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == "train/loss", batch_size=n,
-                     sync_dist=True)
+        self.train_log.add({**{f"train/{k}": v for k, v in metrics.items()}, **terms}, n)
         return sum(terms.values())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.reg.apply_max_norm(self.net)
+        self.train_log.end_batch(self, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.train_log.end_epoch(self)
 
     def _log_stage(self, stage: str, batch) -> None:
         metrics, n = self.step_metrics(batch)
