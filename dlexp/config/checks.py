@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import _locate
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -160,7 +161,13 @@ def _check_one(overrides: list[str], known: dict[str, list[str]]) -> DictConfig:
             )
         if not o.is_delete():
             check_type(key, OmegaConf.select(base, key, throw_on_resolution_failure=False), o.value())
-    cfg = compose(overrides) if len(group_overrides) < len(overrides) else base  # (only groups: base is it)
+    # the key overrides onto the composed groups, as Hydra's compose applies them: one composition, not two (start-up)
+    cfg = base
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(
+            [o for o in parsed if not (o.key_or_group in known or o.key_or_group.startswith("hydra"))], cfg)
+    except HydraException as e:
+        raise ConfigError(first_line(str(e))) from None
     # keys a preset lists under `required:` (a ??? in a preset cannot replace train.yaml's default: OmegaConf
     # merges never overwrite with ???)
     missing = _missing(cfg) + [key for key in cfg.get("required") or [] if OmegaConf.select(cfg, key) is None]
