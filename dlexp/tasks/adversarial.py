@@ -51,7 +51,7 @@ class AdversarialTask(pl.LightningModule):
         super().__init__()
         check_on_nan(on_nan)
         self.on_nan = on_nan
-        self.train_log = TrainLog(per_step=self.logged_metrics,
+        self.train_log = TrainLog(per_step=[m for m in self.logged_metrics if m.startswith("train/")],
                                   prog_bar=("train/d_loss", "train/d_real", "train/d_fake", "train/g_loss"))
         if not isinstance(net, GAN):
             raise ValueError("the adversarial task needs a model with a generator and a discriminator")
