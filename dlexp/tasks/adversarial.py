@@ -20,6 +20,9 @@ def _spectral(module: torch.nn.Module) -> bool:
     return any("parametrizations.weight" in name for name, _ in module.named_parameters())
 
 
+PROG_BAR = ("train/d_loss", "train/d_real", "train/d_fake", "train/g_loss")  # shown on the progress bar
+
+
 class AdversarialTask(pl.LightningModule):
     """Every batch trains D (the critic) once; every n_critic-th batch also trains G.
 
@@ -49,10 +52,8 @@ class AdversarialTask(pl.LightningModule):
         on_nan: str = "stop",
     ) -> None:
         super().__init__()
-        check_on_nan(on_nan)
-        self.on_nan = on_nan
-        self.train_log = TrainLog(per_step=[m for m in self.logged_metrics if m.startswith("train/")],
-                                  prog_bar=("train/d_loss", "train/d_real", "train/d_fake", "train/g_loss"))
+        self.on_nan = check_on_nan(on_nan)
+        self.train_log = TrainLog([m for m in self.logged_metrics if m.startswith("train/")], PROG_BAR)
         if not isinstance(net, GAN):
             raise ValueError("the adversarial task needs a model with a generator and a discriminator")
         if loss.wasserstein and not (loss.clip_value or loss.gp_weight or _spectral(net.discriminator)):

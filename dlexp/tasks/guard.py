@@ -14,9 +14,11 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf; raised before backward, so no weight was touched."""
 
 
-def check_on_nan(on_nan: str) -> None:
+def check_on_nan(on_nan: str) -> str:
+    """on_nan, once checked."""
     if on_nan not in ON_NAN:
         raise ValueError(f"on_nan must be stop or skip, got '{on_nan}'")
+    return on_nan
 
 
 def all_finite(module: pl.LightningModule, on_nan: str, terms: dict[str, torch.Tensor]) -> bool:
