@@ -53,7 +53,7 @@ class AdversarialTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.on_nan = check_on_nan(on_nan)
-        self.train_log = TrainLog([m for m in self.logged_metrics if m.startswith("train/")], PROG_BAR)
+        self.train_log = TrainLog(self.logged_metrics, PROG_BAR)
         if not isinstance(net, GAN):
             raise ValueError("the adversarial task needs a model with a generator and a discriminator")
         if loss.wasserstein and not (loss.clip_value or loss.gp_weight or _spectral(net.discriminator)):

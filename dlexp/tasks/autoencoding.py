@@ -37,8 +37,7 @@ class AutoencodingTask(pl.LightningModule):
         on_nan: str = "stop",
     ) -> None:
         super().__init__()
-        check_on_nan(on_nan)
-        self.on_nan = on_nan
+        self.on_nan = check_on_nan(on_nan)
         if recon_loss not in ("bce", "mse"):
             raise ValueError(f"task.recon_loss must be bce or mse, got '{recon_loss}'")
         if recon_loss == "bce" and getattr(net, "output", None) != "sigmoid":

@@ -61,8 +61,7 @@ class ClassificationTask(pl.LightningModule):
         on_nan: str = "stop",
     ) -> None:
         super().__init__()
-        check_on_nan(on_nan)
-        self.on_nan = on_nan
+        self.on_nan = check_on_nan(on_nan)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.reg = regularization or Regularization()

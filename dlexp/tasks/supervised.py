@@ -27,15 +27,13 @@ class SupervisedTask(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
                  regularization: Regularization | None = None, on_nan: str = "stop") -> None:
         super().__init__()
-        check_on_nan(on_nan)
-        self.on_nan, self.net = on_nan, net
+        self.on_nan, self.net = check_on_nan(on_nan), net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.reg = regularization or Regularization()
         if self.reg.label_smoothing:
             raise ValueError(f"regularizer.label_smoothing applies to classifiers, not to {type(self).__name__}")
         self.val_best = math.inf
-        train = [name for name in self.logged_metrics if name.startswith("train/")]  # all kept per step and epoch
-        self.train_log = TrainLog(per_step=train, prog_bar=("train/loss",))
+        self.train_log = TrainLog(per_step=self.logged_metrics, prog_bar=("train/loss",))  # train/: step and epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -16,8 +16,9 @@ class TrainLog:
     value, times its batch size, to a running sum of detached tensors (no host sync). Lightning gets the step values
     at the steps it writes to the loggers (every `trainer.log_every_n_steps`) and the epoch's means once, at the
     epoch's last batch, under the names `log` gives them: `<name>_step` and `<name>_epoch` for a value kept per step
-    (`per_step`), plus `<name>` for callbacks that monitor it; `<name>` for a value kept per epoch only. The means
-    are weighted by batch size and, under DDP, synced across ranks, as Lightning's own.
+    (`per_step`; names never added, such as a task's val/ metrics, are ignored), plus `<name>` for callbacks that
+    monitor it; `<name>` for a value kept per epoch only. The means are weighted by batch size and, under DDP,
+    synced across ranks, as Lightning's own.
 
     A task calls add() in training_step, end_batch() in on_train_batch_end and end_epoch() in on_train_epoch_end
     (an epoch cut short by max_steps or a stop never reaches its last batch).
